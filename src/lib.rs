@@ -1,0 +1,2 @@
+pub use transactional_runtime::*;
+pub use transactional_macros::transactional;

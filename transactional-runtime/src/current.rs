@@ -1,0 +1,199 @@
+//! What code inside a scope can ask of the current transaction: its connection, whether there
+//! is one, rollback-only, and hooks.
+
+use std::future::Future;
+
+use sqlx::Database;
+
+use crate::connection::{acquire, ConnectionGuard};
+use crate::context::Context;
+use crate::error::{BoxError, Error};
+use crate::hooks::{run_logged, Hook, HookResult, Outcome, RollbackCause};
+use crate::options::DEFAULT_DATA_SOURCE;
+use crate::scope::register_hook;
+
+/// The current transaction of one data source, as seen from this task.
+///
+/// ```no_run
+/// # async fn audit() -> Result<(), transactional_runtime::Error> {
+/// let mut conn = transactional_runtime::data_source("audit")
+///     .connection::<sqlx::Postgres>()
+///     .await?;
+/// sqlx::query("INSERT INTO audit_log (what) VALUES ('login')")
+///     .execute(&mut *conn)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSourceRef<'a> {
+    name: &'a str,
+}
+
+/// The data source called `name`, for its connection, transaction state and hooks.
+pub fn data_source(name: &str) -> DataSourceRef<'_> {
+    DataSourceRef { name }
+}
+
+const DEFAULT: DataSourceRef<'static> = DataSourceRef {
+    name: DEFAULT_DATA_SOURCE,
+};
+
+impl DataSourceRef<'_> {
+    /// The data source's name.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// The connection to run queries on: the current transaction's, or a pooled one in
+    /// autocommit outside a transaction. See [`ConnectionGuard`].
+    ///
+    /// Fails with [`Error::TransactionFinished`] when called from work that outlived its
+    /// transaction, [`Error::NoDataSource`] when nothing is registered under this name, and
+    /// [`Error::WrongDatabase`] when `DB` is not the pool's database.
+    pub async fn connection<DB: Database>(&self) -> Result<ConnectionGuard<DB>, Error> {
+        acquire(self.name).await
+    }
+
+    /// Whether a transaction is current on this data source in this task.
+    pub fn is_active(&self) -> bool {
+        Context::current()
+            .frame(self.name)
+            .is_some_and(|f| !f.tx().is_finished())
+    }
+
+    /// Whether the current transaction will roll back (marked rollback-only here or by a
+    /// joined scope). `false` outside a transaction.
+    pub fn is_rollback_only(&self) -> bool {
+        Context::current()
+            .frame(self.name)
+            .is_some_and(|f| f.is_rollback_only())
+    }
+
+    /// Marks the current transaction rollback-only.
+    ///
+    /// In the scope that began the transaction (or a NESTED scope's savepoint), it rolls back
+    /// at the end and the scope still returns its body's `Ok`. In a joined scope it marks the
+    /// transaction, and the owner's `Ok` becomes [`Error::UnexpectedRollback`]. Outside a
+    /// transaction it does nothing.
+    pub fn set_rollback_only(&self) {
+        if let Some(frame) = Context::current().frame(self.name) {
+            frame.set_rollback_only();
+        }
+    }
+
+    /// Runs `hook` just before the current transaction commits, inside it (it may still write).
+    /// If it fails, the transaction rolls back and the scope returns [`Error::BeforeCommit`].
+    /// Outside a transaction it runs at once, and its failure is returned.
+    pub async fn before_commit<F, Fut, E>(&self, hook: F) -> Result<(), Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        match register_hook(self.name, Hook::before_commit(hook)) {
+            Some(Hook::BeforeCommit(run)) => run().await.map_err(Error::BeforeCommit),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `hook` once the current transaction has committed, after its connection is back in
+    /// the pool and with no transaction current. Outside a transaction it runs at once. Its
+    /// failure or panic is logged and changes nothing: the commit stands.
+    pub async fn after_commit<F, Fut>(&self, hook: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HookResult,
+    {
+        if let Some(Hook::AfterCommit(run)) = register_hook(self.name, Hook::after_commit(hook)) {
+            run_logged(run(), "after_commit", "no transaction").await;
+        }
+    }
+
+    /// Runs `hook` with the cause once the current transaction has rolled back. Outside a
+    /// transaction it never runs.
+    pub async fn after_rollback<F, Fut>(&self, hook: F)
+    where
+        F: FnOnce(RollbackCause) -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HookResult,
+    {
+        drop(register_hook(self.name, Hook::after_rollback(hook)));
+    }
+
+    /// Runs `hook` with the outcome once the current transaction is over, after the
+    /// after-commit or after-rollback hooks. Outside a transaction it runs at once with
+    /// [`Outcome::Committed`] (the work around it autocommits).
+    pub async fn after_completion<F, Fut>(&self, hook: F)
+    where
+        F: FnOnce(Outcome) -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HookResult,
+    {
+        if let Some(Hook::AfterCompletion(run)) =
+            register_hook(self.name, Hook::after_completion(hook))
+        {
+            run_logged(run(Outcome::Committed), "after_completion", "no transaction").await;
+        }
+    }
+}
+
+/// The connection of the default data source: see [`DataSourceRef::connection`].
+pub async fn connection<DB: Database>() -> Result<ConnectionGuard<DB>, Error> {
+    DEFAULT.connection().await
+}
+
+/// Whether a transaction is current on the default data source: see [`DataSourceRef::is_active`].
+pub fn is_active() -> bool {
+    DEFAULT.is_active()
+}
+
+/// See [`DataSourceRef::is_rollback_only`], for the default data source.
+pub fn is_rollback_only() -> bool {
+    DEFAULT.is_rollback_only()
+}
+
+/// See [`DataSourceRef::set_rollback_only`], for the default data source.
+pub fn set_rollback_only() {
+    DEFAULT.set_rollback_only()
+}
+
+/// See [`DataSourceRef::before_commit`], for the default data source.
+pub async fn before_commit<F, Fut, E>(hook: F) -> Result<(), Error>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    DEFAULT.before_commit(hook).await
+}
+
+/// See [`DataSourceRef::after_commit`], for the default data source.
+pub async fn after_commit<F, Fut>(hook: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HookResult,
+{
+    DEFAULT.after_commit(hook).await
+}
+
+/// See [`DataSourceRef::after_rollback`], for the default data source.
+pub async fn after_rollback<F, Fut>(hook: F)
+where
+    F: FnOnce(RollbackCause) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HookResult,
+{
+    DEFAULT.after_rollback(hook).await
+}
+
+/// See [`DataSourceRef::after_completion`], for the default data source.
+pub async fn after_completion<F, Fut>(hook: F)
+where
+    F: FnOnce(Outcome) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HookResult,
+{
+    DEFAULT.after_completion(hook).await
+}

@@ -1,0 +1,213 @@
+//! The registry of named pools, and how the runtime gets a connection out of one.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use once_cell::sync::Lazy;
+use sqlx::{Database, Executor, Pool};
+
+use crate::conn::TxConnection;
+use crate::dialect::Dialect;
+use crate::error::Error;
+use crate::options::DEFAULT_DATA_SOURCE;
+
+/// How a data source treats scopes that join its transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DataSourceSettings {
+    /// When a joining scope asks for another isolation level, or for read-write inside a
+    /// read-only transaction: `false` (the default) logs a warning and joins anyway, `true`
+    /// fails the scope with [`Error::IncompatibleTransaction`] (Spring's
+    /// `validateExistingTransaction`).
+    pub validate_existing_transaction: bool,
+}
+
+impl DataSourceSettings {
+    /// The defaults: joining scopes are never refused.
+    pub const fn new() -> Self {
+        DataSourceSettings {
+            validate_existing_transaction: false,
+        }
+    }
+
+    /// Sets [`validate_existing_transaction`](Self::validate_existing_transaction).
+    pub const fn validate_existing_transaction(mut self, strict: bool) -> Self {
+        self.validate_existing_transaction = strict;
+        self
+    }
+}
+
+/// Where connections come from: a sqlx pool, or the recording mock.
+pub(crate) trait Source: Send + Sync + 'static {
+    fn acquire(&self) -> BoxFuture<'_, Result<Box<dyn TxConnection>, sqlx::Error>>;
+    /// How long to wait for a busy connection before giving up.
+    fn acquire_timeout(&self) -> Duration;
+    /// The typed pool, for connections handed out in autocommit.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<DB> Source for Pool<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    fn acquire(&self) -> BoxFuture<'_, Result<Box<dyn TxConnection>, sqlx::Error>> {
+        Box::pin(async move {
+            let conn = Pool::acquire(self).await?;
+            Ok(Box::new(conn) as Box<dyn TxConnection>)
+        })
+    }
+
+    fn acquire_timeout(&self) -> Duration {
+        self.options().get_acquire_timeout()
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A registered data source: a name, a dialect and where its connections come from.
+pub(crate) struct DataSource {
+    pub name: Arc<str>,
+    pub dialect: Dialect,
+    pub database: &'static str,
+    pub settings: DataSourceSettings,
+    pub source: Arc<dyn Source>,
+}
+
+impl fmt::Debug for DataSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataSource")
+            .field("name", &self.name)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataSource {
+    pub(crate) fn from_pool<DB>(
+        name: &str,
+        pool: Pool<DB>,
+        settings: DataSourceSettings,
+    ) -> Result<DataSource, Error>
+    where
+        DB: Database,
+        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    {
+        let dialect = Dialect::from_database_name(DB::NAME)
+            .ok_or(Error::UnsupportedDatabase { database: DB::NAME })?;
+        Ok(DataSource {
+            name: name.into(),
+            dialect,
+            database: DB::NAME,
+            settings,
+            source: Arc::new(pool),
+        })
+    }
+
+    pub(crate) fn pool<DB: Database>(&self) -> Result<&Pool<DB>, Error> {
+        self.source
+            .as_any()
+            .downcast_ref::<Pool<DB>>()
+            .ok_or_else(|| Error::WrongDatabase {
+                name: self.name.to_string(),
+                expected: DB::NAME,
+                actual: self.database,
+            })
+    }
+}
+
+static REGISTRY: Lazy<RwLock<HashMap<String, Arc<DataSource>>>> = Lazy::new(Default::default);
+
+/// Registers `pool` as the data source `"default"`, used by every scope that names none.
+///
+/// Call it once at start-up, before the first transactional call.
+///
+/// ```no_run
+/// # async fn start() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::SqlitePool::connect("sqlite://app.db?mode=rwc").await?;
+/// transactional_runtime::register_default(pool)?;
+/// # Ok(()) }
+/// ```
+pub fn register_default<DB>(pool: Pool<DB>) -> Result<(), Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    register(DEFAULT_DATA_SOURCE, pool)
+}
+
+/// Registers `pool` under `name`, for `#[transactional(data_source = "name")]`.
+///
+/// Fails with [`Error::AlreadyRegistered`] if the name is taken, and with
+/// [`Error::UnsupportedDatabase`] for a database other than PostgreSQL, MySQL/MariaDB, SQLite.
+pub fn register<DB>(name: &str, pool: Pool<DB>) -> Result<(), Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    register_with(name, pool, DataSourceSettings::new())
+}
+
+/// Like [`register`], with [`DataSourceSettings`].
+pub fn register_with<DB>(
+    name: &str,
+    pool: Pool<DB>,
+    settings: DataSourceSettings,
+) -> Result<(), Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let data_source = DataSource::from_pool(name, pool, settings)?;
+    let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    if registry.contains_key(name) {
+        return Err(Error::AlreadyRegistered {
+            name: name.to_owned(),
+        });
+    }
+    registry.insert(name.to_owned(), Arc::new(data_source));
+    Ok(())
+}
+
+/// Removes the data source `name` from the registry, returning whether it was there.
+///
+/// Scopes already running on it go on; new scopes fail with [`Error::NoDataSource`].
+pub fn deregister(name: &str) -> bool {
+    REGISTRY
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(name)
+        .is_some()
+}
+
+pub(crate) fn lookup_global(name: &str) -> Option<Arc<DataSource>> {
+    REGISTRY
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned()
+}
+
+/// Runs `fut` with `pool` registered as `name` for this task only, shadowing any global
+/// registration of that name; scopes inside `fut` (joined and selected futures included, but
+/// not spawned tasks) see it. Parallel tests use it to give each test its own pool.
+///
+/// Fails with [`Error::UnsupportedDatabase`] before running `fut` for an unknown database.
+pub async fn with_data_source<DB, F>(name: &str, pool: Pool<DB>, fut: F) -> Result<F::Output, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    F: std::future::Future,
+{
+    let data_source = DataSource::from_pool(name, pool, DataSourceSettings::new())?;
+    Ok(crate::context::Context::current()
+        .with_data_source(data_source)
+        .scope(fut)
+        .await)
+}

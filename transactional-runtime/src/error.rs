@@ -1,0 +1,174 @@
+//! The one error type of the library.
+
+use std::time::Duration;
+
+use crate::options::Propagation;
+
+/// A boxed error from user code (a failing before-commit hook, say).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in a transactional scope, apart from the body's own errors.
+///
+/// Your error type takes these through `From<transactional::Error>`; every variant's message
+/// says what happened and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No pool is registered under this name.
+    #[error("no data source named `{name}` is registered: call `transactional::register(\"{name}\", pool)` (or `register_default(pool)` for \"default\") at start-up, before the first transactional call")]
+    NoDataSource {
+        /// The name that was looked up.
+        name: String,
+    },
+    /// A data source of this name is already registered.
+    #[error("a data source named `{name}` is already registered: register each name once at start-up, or pick another name")]
+    AlreadyRegistered {
+        /// The name that was registered twice.
+        name: String,
+    },
+    /// The data source holds a different database than the connection asked for.
+    #[error("data source `{name}` is a {actual} pool, but a {expected} connection was asked for: ask with the pool's database type")]
+    WrongDatabase {
+        /// The data source.
+        name: String,
+        /// The database type asked for.
+        expected: &'static str,
+        /// The database type registered.
+        actual: &'static str,
+    },
+    /// The database is not one of PostgreSQL, MySQL/MariaDB, SQLite.
+    #[error("database `{database}` is not supported: transactional knows PostgreSQL, MySQL/MariaDB and SQLite")]
+    UnsupportedDatabase {
+        /// `Database::NAME` of the pool.
+        database: &'static str,
+    },
+    /// `MANDATORY` found no transaction; the body did not run.
+    #[error("no existing transaction for propagation MANDATORY on data source `{data_source}` (scope `{scope}`): call it from inside a transactional scope, or use REQUIRED")]
+    NoExistingTransaction {
+        /// The data source.
+        data_source: String,
+        /// The scope's name.
+        scope: &'static str,
+    },
+    /// `NEVER` found a transaction; the body did not run.
+    #[error("existing transaction found for propagation NEVER on data source `{data_source}` (scope `{scope}`): call it outside any transaction, or use NOT_SUPPORTED to suspend it")]
+    ExistingTransaction {
+        /// The data source.
+        data_source: String,
+        /// The scope's name.
+        scope: &'static str,
+    },
+    /// The transaction was rolled back although the owning scope returned `Ok`, because a
+    /// participant failed or marked it rollback-only. Nothing was saved.
+    #[error("transaction rolled back because it has been marked as rollback-only (a joined scope failed or called set_rollback_only()): nothing was committed; handle the inner error, or give the inner scope NESTED or REQUIRES_NEW")]
+    UnexpectedRollback,
+    /// The scope ran past its timeout; the body was cancelled and the transaction rolled back.
+    #[error("transactional scope `{scope}` timed out after {timeout:?}: the body was cancelled and its transaction rolled back")]
+    Timeout {
+        /// The scope's name.
+        scope: &'static str,
+        /// The timeout it was given.
+        timeout: Duration,
+    },
+    /// A connection guard or handle was used after its transaction ended.
+    #[error("transaction already finished: a connection guard or hook outlived the transactional scope that owned it; do the work inside the scope, or outside any transaction")]
+    TransactionFinished,
+    /// The scope ended while a connection guard of its transaction was still alive elsewhere
+    /// (returned out of the body, or held by a spawned task). The transaction was rolled back.
+    #[error("scope `{scope}` ended while a connection guard of its transaction was still held (returned from the body or moved into a spawned task): the transaction was rolled back; drop every guard before the scope returns")]
+    GuardOutlivedScope {
+        /// The scope's name.
+        scope: &'static str,
+    },
+    /// Waited too long for the transaction's connection, held by another guard of this task.
+    #[error("the transaction's connection on `{data_source}` stayed busy for {waited:?}: a guard is still held while other code asks for the connection (a guard kept across a call into another repository or transactional fn deadlocks); drop the guard first")]
+    ConnectionBusy {
+        /// The data source.
+        data_source: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A pooled connection could not be had.
+    #[error("could not acquire a connection from data source `{data_source}`{hint}: {source}")]
+    Acquire {
+        /// The data source.
+        data_source: String,
+        /// Extra advice (REQUIRES_NEW needs a second connection, …).
+        hint: &'static str,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// `BEGIN` failed; the body did not run.
+    #[error("could not begin a transaction on `{data_source}`: {source}")]
+    Begin {
+        /// The data source.
+        data_source: String,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// `COMMIT` failed. When `outcome_unknown` is true the connection broke during the commit:
+    /// it may or may not have been applied; check before retrying.
+    #[error("{}", if *outcome_unknown { "the connection failed during COMMIT: the transaction may or may not have been committed; check the data before retrying" } else { "COMMIT failed and the transaction was rolled back" })]
+    Commit {
+        /// Whether the commit may have happened.
+        outcome_unknown: bool,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A savepoint statement failed.
+    #[error("savepoint statement failed on `{data_source}`: {source}")]
+    Savepoint {
+        /// The data source.
+        data_source: String,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// NESTED was asked for in a transaction already marked rollback-only.
+    #[error("cannot create a savepoint for NESTED scope `{scope}`: the transaction is already marked rollback-only and will roll back")]
+    RollbackOnlySavepoint {
+        /// The scope's name.
+        scope: &'static str,
+    },
+    /// A joining scope's options conflict with the transaction it joins (strict validation).
+    #[error("scope `{scope}` cannot join the existing transaction: {reason}; turn off strict validation, or give the scope REQUIRES_NEW")]
+    IncompatibleTransaction {
+        /// The scope's name.
+        scope: &'static str,
+        /// What differs.
+        reason: String,
+    },
+    /// A before-commit hook failed; the transaction was rolled back.
+    #[error("a before-commit hook failed, so the transaction was rolled back: {0}")]
+    BeforeCommit(#[source] BoxError),
+    /// The database rejected a statement run outside a transaction, or getting a connection failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// Whether this is [`Error::UnexpectedRollback`].
+    pub fn is_unexpected_rollback(&self) -> bool {
+        matches!(self, Error::UnexpectedRollback)
+    }
+
+    /// Whether this is [`Error::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    pub(crate) fn propagation_refused(
+        propagation: Propagation,
+        data_source: &str,
+        scope: &'static str,
+    ) -> Error {
+        let data_source = data_source.to_owned();
+        match propagation {
+            Propagation::Mandatory => Error::NoExistingTransaction { data_source, scope },
+            _ => Error::ExistingTransaction { data_source, scope },
+        }
+    }
+}

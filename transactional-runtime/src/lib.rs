@@ -1,0 +1,42 @@
+//! The runtime of `transactional`: Spring's `@Transactional` semantics for async Rust over
+//! sqlx and tokio. Most users depend on the `transactional` crate, which re-exports all of
+//! this together with the `#[transactional]` attribute.
+//!
+//! - [`register_default`] / [`register`]: pools as named data sources, once at start-up.
+//! - [`Transactional`]: run a future as a transactional scope (what the macro expands to).
+//! - [`connection`] / [`data_source`]: the current connection for repository code, plus
+//!   rollback-only and hooks ([`after_commit`], …).
+//! - [`Propagation`], [`Isolation`], [`TxOptions`]: what a scope asks for.
+//! - [`Error`]: everything that can go wrong, convertible into your error type with `From`.
+//!
+//! The current transaction travels with the task (a tokio task-local): futures joined or
+//! selected inside a scope share it, while a `tokio::spawn`ed task starts with none.
+#![deny(missing_docs)]
+
+mod conn;
+mod connection;
+mod context;
+mod current;
+mod data_source;
+mod dialect;
+mod error;
+mod hooks;
+mod options;
+mod propagation;
+mod scope;
+mod template;
+mod transaction;
+
+pub use connection::ConnectionGuard;
+pub use current::{
+    after_commit, after_completion, after_rollback, before_commit, connection, data_source,
+    is_active, is_rollback_only, set_rollback_only, DataSourceRef,
+};
+pub use data_source::{
+    deregister, register, register_default, register_with, with_data_source, DataSourceSettings,
+};
+pub use dialect::Dialect;
+pub use error::{BoxError, Error};
+pub use hooks::{HookResult, Outcome, RollbackCause};
+pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
+pub use template::Transactional;

@@ -1,0 +1,109 @@
+//! The programmatic API: [`Transactional`], the builder the macro expands to.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::options::{Isolation, Propagation, TxOptions};
+use crate::scope;
+
+/// Runs a future as a transactional scope: Spring's `TransactionTemplate`.
+///
+/// `#[transactional(...)]` expands to exactly this, so both have the same semantics.
+///
+/// ```no_run
+/// use transactional_runtime::{Isolation, Propagation, Transactional};
+/// # #[derive(Debug)] struct AppError;
+/// # impl From<transactional_runtime::Error> for AppError { fn from(_: transactional_runtime::Error) -> Self { AppError } }
+/// # async fn example() -> Result<(), AppError> {
+/// let id = Transactional::new()
+///     .propagation(Propagation::RequiresNew)
+///     .isolation(Isolation::Serializable)
+///     .run(async {
+///         // queries through transactional::connection() run inside the transaction
+///         Ok::<_, AppError>(42)
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[must_use = "a Transactional does nothing until `.run(...)` is awaited"]
+pub struct Transactional {
+    options: TxOptions,
+}
+
+impl Transactional {
+    /// `REQUIRED` on the default data source, default isolation, read-write, no timeout.
+    pub const fn new() -> Self {
+        Transactional {
+            options: TxOptions::DEFAULT,
+        }
+    }
+
+    /// Starts from a complete set of options.
+    pub const fn with_options(options: TxOptions) -> Self {
+        Transactional { options }
+    }
+
+    /// The options this scope will run with.
+    pub const fn options(&self) -> &TxOptions {
+        &self.options
+    }
+
+    /// Names the scope (for logs, tracing and the recording mock).
+    pub const fn name(mut self, name: &'static str) -> Self {
+        self.options.name = name;
+        self
+    }
+
+    /// Sets the propagation (default [`Propagation::Required`]).
+    pub const fn propagation(mut self, propagation: Propagation) -> Self {
+        self.options.propagation = propagation;
+        self
+    }
+
+    /// Sets the isolation level, applied if this scope begins the transaction.
+    pub const fn isolation(mut self, isolation: Isolation) -> Self {
+        self.options.isolation = isolation;
+        self
+    }
+
+    /// Asks for a read-only transaction, applied if this scope begins the transaction.
+    pub const fn read_only(mut self, read_only: bool) -> Self {
+        self.options.read_only = read_only;
+        self
+    }
+
+    /// Gives the scope a hard deadline: past it the body is cancelled, the transaction rolled
+    /// back and [`Error::Timeout`] returned.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs on the named data source instead of `"default"`.
+    pub const fn data_source(mut self, name: &'static str) -> Self {
+        self.options.data_source = name;
+        self
+    }
+
+    /// Runs `body` in the scope: every `Err` rolls back.
+    pub async fn run<F, T, E>(self, body: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        scope::execute(&self.options, None::<fn(&E) -> bool>, body).await
+    }
+
+    /// Runs `body` in the scope, committing instead of rolling back when it returns an `Err`
+    /// for which `commit_on` is true (Spring's `noRollbackFor`). The error is still returned.
+    pub async fn run_with_no_rollback_for<F, T, E, P>(self, commit_on: P, body: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<Error>,
+        P: Fn(&E) -> bool,
+    {
+        scope::execute(&self.options, Some(commit_on), body).await
+    }
+}
