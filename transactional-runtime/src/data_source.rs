@@ -24,6 +24,13 @@ pub struct DataSourceSettings {
     /// fails the scope with [`Error::IncompatibleTransaction`] (Spring's
     /// `validateExistingTransaction`).
     pub validate_existing_transaction: bool,
+    /// SQLite only: begin read-write transactions with `BEGIN IMMEDIATE`, taking the write lock
+    /// at once, instead of `BEGIN DEFERRED` (the default, SQLite's own). IMMEDIATE makes
+    /// concurrent transactions that read then write wait for each other (`busy_timeout`)
+    /// instead of failing with `SQLITE_BUSY` half-way; but then a REQUIRES_NEW scope inside a
+    /// read-write transaction cannot begin until the outer one ends, so it fails after
+    /// `busy_timeout`. SQLite has one writer at a time either way.
+    pub sqlite_begin_immediate: bool,
 }
 
 impl DataSourceSettings {
@@ -31,12 +38,19 @@ impl DataSourceSettings {
     pub const fn new() -> Self {
         DataSourceSettings {
             validate_existing_transaction: false,
+            sqlite_begin_immediate: false,
         }
     }
 
     /// Sets [`validate_existing_transaction`](Self::validate_existing_transaction).
     pub const fn validate_existing_transaction(mut self, strict: bool) -> Self {
         self.validate_existing_transaction = strict;
+        self
+    }
+
+    /// Sets [`sqlite_begin_immediate`](Self::sqlite_begin_immediate).
+    pub const fn sqlite_begin_immediate(mut self, immediate: bool) -> Self {
+        self.sqlite_begin_immediate = immediate;
         self
     }
 }
@@ -205,7 +219,22 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     F: std::future::Future,
 {
-    let data_source = DataSource::from_pool(name, pool, DataSourceSettings::new())?;
+    with_data_source_settings(name, pool, DataSourceSettings::new(), fut).await
+}
+
+/// Like [`with_data_source`], with [`DataSourceSettings`].
+pub async fn with_data_source_settings<DB, F>(
+    name: &str,
+    pool: Pool<DB>,
+    settings: DataSourceSettings,
+    fut: F,
+) -> Result<F::Output, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    F: std::future::Future,
+{
+    let data_source = DataSource::from_pool(name, pool, settings)?;
     Ok(crate::context::Context::current()
         .with_data_source(data_source)
         .scope(fut)

@@ -34,7 +34,9 @@ impl Dialect {
         }
     }
 
-    pub(crate) fn begin(self, isolation: Isolation, read_only: bool) -> BeginPlan {
+    /// `sqlite_immediate` takes SQLite's write lock at BEGIN (see
+    /// [`DataSourceSettings::sqlite_begin_immediate`](crate::DataSourceSettings::sqlite_begin_immediate)).
+    pub(crate) fn begin(self, isolation: Isolation, read_only: bool, sqlite_immediate: bool) -> BeginPlan {
         match self {
             Dialect::Postgres => {
                 let mut begin = String::from("BEGIN");
@@ -62,8 +64,6 @@ impl Dialect {
                 reset: None,
             },
             // SQLite has one isolation level, SERIALIZABLE, at least as strong as any asked for.
-            // Writers take the write lock at BEGIN (IMMEDIATE) so two transactions that read then
-            // write wait on `busy_timeout` instead of failing with SQLITE_BUSY half-way.
             Dialect::Sqlite if read_only => BeginPlan {
                 prepare: Some("PRAGMA query_only = ON"),
                 begin: "BEGIN DEFERRED".into(),
@@ -71,7 +71,11 @@ impl Dialect {
             },
             Dialect::Sqlite => BeginPlan {
                 prepare: None,
-                begin: "BEGIN IMMEDIATE".into(),
+                begin: if sqlite_immediate {
+                    "BEGIN IMMEDIATE".into()
+                } else {
+                    "BEGIN DEFERRED".into()
+                },
                 reset: None,
             },
         }
@@ -114,15 +118,15 @@ mod tests {
 
     #[test]
     fn postgres_options_ride_in_begin() {
-        let plan = Dialect::Postgres.begin(Isolation::Serializable, true);
+        let plan = Dialect::Postgres.begin(Isolation::Serializable, true, false);
         assert_eq!(plan.begin, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY");
         assert_eq!(plan.prepare, None);
-        assert_eq!(Dialect::Postgres.begin(Isolation::Default, false).begin, "BEGIN");
+        assert_eq!(Dialect::Postgres.begin(Isolation::Default, false, false).begin, "BEGIN");
     }
 
     #[test]
     fn mysql_sets_isolation_for_the_next_transaction() {
-        let plan = Dialect::MySql.begin(Isolation::ReadCommitted, true);
+        let plan = Dialect::MySql.begin(Isolation::ReadCommitted, true, false);
         assert_eq!(
             plan.prepare,
             Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -133,11 +137,15 @@ mod tests {
 
     #[test]
     fn sqlite_read_only_is_a_pragma_that_is_reset() {
-        let plan = Dialect::Sqlite.begin(Isolation::Serializable, true);
+        let plan = Dialect::Sqlite.begin(Isolation::Serializable, true, false);
         assert_eq!(plan.prepare, Some("PRAGMA query_only = ON"));
         assert_eq!(plan.reset, Some("PRAGMA query_only = OFF"));
         assert_eq!(
-            Dialect::Sqlite.begin(Isolation::ReadCommitted, false).begin,
+            Dialect::Sqlite.begin(Isolation::ReadCommitted, false, false).begin,
+            "BEGIN DEFERRED"
+        );
+        assert_eq!(
+            Dialect::Sqlite.begin(Isolation::Default, false, true).begin,
             "BEGIN IMMEDIATE"
         );
     }

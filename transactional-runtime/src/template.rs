@@ -93,7 +93,9 @@ impl Transactional {
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
-        scope::execute(&self.options, None::<fn(&E) -> bool>, body).await
+        // Boxed: a scope's state is large, and scopes nest; on the heap each layer costs the
+        // caller's stack one pointer instead of the whole nested future.
+        Box::pin(scope::execute(&self.options, None::<fn(&E) -> bool>, body)).await
     }
 
     /// Runs `body` in the scope, committing instead of rolling back when it returns an `Err`
@@ -104,6 +106,6 @@ impl Transactional {
         E: From<Error>,
         P: Fn(&E) -> bool,
     {
-        scope::execute(&self.options, Some(commit_on), body).await
+        Box::pin(scope::execute(&self.options, Some(commit_on), body)).await
     }
 }

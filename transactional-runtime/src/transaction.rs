@@ -177,7 +177,11 @@ impl Transaction {
         conn: Box<dyn TxConnection>,
     ) -> Result<Transaction, Error> {
         let dialect = data_source.dialect;
-        let plan = dialect.begin(options.isolation, options.read_only);
+        let plan = dialect.begin(
+            options.isolation,
+            options.read_only,
+            data_source.settings.sqlite_begin_immediate,
+        );
         let mut slot = Slot {
             conn: Some(conn),
             state: ConnState::InFlight,

@@ -1,0 +1,412 @@
+//! Test harness: one suite, three real databases.
+//!
+//! Every test gets its own pool, registered as the data source `"default"` for its task only
+//! (`transactional::with_data_source`), and its own table, so tests run in parallel safely.
+//! Observations go through a separate observer connection, which sees only committed rows.
+//!
+//! Servers: `TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`),
+//! `TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`). A server that cannot be reached
+//! fails the test, unless `TRANSACTIONAL_TEST_SKIP` names it (`postgres`, `mysql`), for a local
+//! machine without it. CI never sets it.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sqlx::pool::PoolOptions;
+use sqlx::{AssertSqlSafe, Database, Executor, MySql, Pool, Postgres, Sqlite};
+
+/// The error type of test service code.
+#[derive(Debug)]
+pub enum AppError {
+    Tx(transactional::Error),
+    Db(sqlx::Error),
+    Boom(&'static str),
+}
+
+impl From<transactional::Error> for AppError {
+    fn from(e: transactional::Error) -> Self {
+        AppError::Tx(e)
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        AppError::Db(e)
+    }
+}
+
+impl AppError {
+    pub fn is_boom(&self) -> bool {
+        matches!(self, AppError::Boom(_))
+    }
+    pub fn is_unexpected_rollback(&self) -> bool {
+        matches!(self, AppError::Tx(e) if e.is_unexpected_rollback())
+    }
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, AppError::Tx(e) if e.is_timeout())
+    }
+    pub fn tx(&self) -> &transactional::Error {
+        match self {
+            AppError::Tx(e) => e,
+            other => panic!("expected a transactional error, got {other:?}"),
+        }
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+/// A database under test: how to reach it and the bits of SQL that differ.
+pub trait TestDb: Sized + Send + Sync + 'static {
+    type DB: Database;
+    const NAME: &'static str;
+    /// One writer at a time for the whole database (SQLite): a second connection cannot write
+    /// while a transaction that has written is open.
+    const SINGLE_WRITER: bool = false;
+
+    fn url(dir: &std::path::Path) -> String;
+
+    /// Runs a statement on a connection.
+    fn exec<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        sql: String,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
+
+    /// Runs a query returning one integer.
+    fn scalar<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        sql: String,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c;
+
+    /// Runs a query returning one string.
+    fn text<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        sql: String,
+    ) -> impl Future<Output = Result<String, sqlx::Error>> + Send + 'c;
+
+    /// Identifies the server session behind a connection.
+    fn session_id<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c;
+
+    /// Whether the connection is inside a transaction, as the server sees it.
+    fn in_transaction<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'c;
+}
+
+macro_rules! common_impl {
+    ($db:ty) => {
+        type DB = $db;
+
+        fn exec<'c>(
+            conn: &'c mut <$db as Database>::Connection,
+            sql: String,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+            async move { conn.execute(AssertSqlSafe(sql)).await.map(drop) }
+        }
+
+        fn scalar<'c>(
+            conn: &'c mut <$db as Database>::Connection,
+            sql: String,
+        ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c {
+            async move {
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                    .fetch_one(conn)
+                    .await
+            }
+        }
+
+        fn text<'c>(
+            conn: &'c mut <$db as Database>::Connection,
+            sql: String,
+        ) -> impl Future<Output = Result<String, sqlx::Error>> + Send + 'c {
+            async move {
+                sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+                    .fetch_one(conn)
+                    .await
+            }
+        }
+    };
+}
+
+pub struct Pg;
+pub struct My;
+pub struct Lite;
+
+impl TestDb for Pg {
+    common_impl!(Postgres);
+    const NAME: &'static str = "postgres";
+
+    fn url(_: &std::path::Path) -> String {
+        std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    fn session_id<'c>(
+        conn: &'c mut sqlx::PgConnection,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c {
+        Self::scalar(conn, "SELECT pg_backend_pid()::bigint".into())
+    }
+
+    fn in_transaction<'c>(
+        conn: &'c mut sqlx::PgConnection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'c {
+        // now() is the start of the transaction; statement_timestamp() of this statement.
+        async move {
+            Self::scalar(
+                conn,
+                "SELECT CASE WHEN now() = statement_timestamp() THEN 0 ELSE 1 END::bigint".into(),
+            )
+            .await
+            .map(|v| v == 1)
+        }
+    }
+}
+
+impl TestDb for My {
+    common_impl!(MySql);
+    const NAME: &'static str = "mysql";
+
+    fn url(_: &std::path::Path) -> String {
+        std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+    }
+
+    fn session_id<'c>(
+        conn: &'c mut sqlx::MySqlConnection,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c {
+        Self::scalar(conn, "SELECT CAST(CONNECTION_ID() AS SIGNED)".into())
+    }
+
+    fn in_transaction<'c>(
+        conn: &'c mut sqlx::MySqlConnection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'c {
+        async move {
+            Self::scalar(conn, "SELECT CAST(@@in_transaction AS SIGNED)".into())
+                .await
+                .map(|v| v == 1)
+        }
+    }
+}
+
+impl TestDb for Lite {
+    common_impl!(Sqlite);
+    const NAME: &'static str = "sqlite";
+    const SINGLE_WRITER: bool = true;
+
+    fn url(dir: &std::path::Path) -> String {
+        format!("sqlite://{}/test.db?mode=rwc", dir.display())
+    }
+
+    fn session_id<'c>(
+        conn: &'c mut sqlx::SqliteConnection,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c {
+        // SQLite has no session id: the connection's address identifies it while it is alive.
+        let id = &*conn as *const sqlx::SqliteConnection as usize as i64;
+        async move { Ok(id) }
+    }
+
+    fn in_transaction<'c>(
+        conn: &'c mut sqlx::SqliteConnection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'c {
+        // Outside a transaction BEGIN works (and is rolled back at once); inside it fails.
+        async move {
+            match Self::exec(conn, "BEGIN".into()).await {
+                Ok(()) => Self::exec(conn, "ROLLBACK".into()).await.map(|_| false),
+                Err(_) => Ok(true),
+            }
+        }
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One test's world: its pool (the `"default"` data source inside [`Env::run`]), its table,
+/// and an observer connection that sees only what is committed.
+pub struct Env<D: TestDb> {
+    pub pool: Pool<D::DB>,
+    pub observer: Pool<D::DB>,
+    pub table: String,
+    _dir: tempfile::TempDir,
+}
+
+fn skipped(db: &str) -> bool {
+    std::env::var("TRANSACTIONAL_TEST_SKIP")
+        .map(|v| v.split(',').any(|s| s.trim() == db))
+        .unwrap_or(false)
+}
+
+impl<D: TestDb> Env<D>
+where
+    for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
+{
+    /// A pool of 5 connections. `None` when this database is skipped by `TRANSACTIONAL_TEST_SKIP`.
+    pub async fn new(test: &str) -> Option<Self> {
+        Self::with_pool(test, PoolOptions::new().max_connections(5)).await
+    }
+
+    pub async fn with_pool(test: &str, options: PoolOptions<D::DB>) -> Option<Self> {
+        if skipped(D::NAME) {
+            eprintln!("skipping {test} on {}: TRANSACTIONAL_TEST_SKIP", D::NAME);
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = D::url(dir.path());
+        let options = options.acquire_timeout(Duration::from_secs(5));
+        let pool = options.connect(&url).await.unwrap_or_else(|e| {
+            panic!(
+                "{} is not reachable at {url}: {e}. Start it, or set TRANSACTIONAL_TEST_SKIP={} to skip it locally",
+                D::NAME,
+                D::NAME
+            )
+        });
+        let observer = PoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("observer connection");
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let short: String = test.chars().filter(|c| c.is_ascii_alphanumeric()).take(24).collect();
+        let table = format!("t_{short}_{}_{n}", std::process::id());
+        let env = Env {
+            pool,
+            observer,
+            table,
+            _dir: dir,
+        };
+        env.observe(format!("DROP TABLE IF EXISTS {}", env.table)).await;
+        env.observe(format!(
+            "CREATE TABLE {} (id BIGINT PRIMARY KEY, note VARCHAR(100))",
+            env.table
+        ))
+        .await;
+        Some(env)
+    }
+
+    async fn observe(&self, sql: String) {
+        let mut conn = self.observer.acquire().await.expect("observer");
+        D::exec(&mut conn, sql).await.expect("observer statement");
+    }
+
+    /// Runs `fut` with this test's pool as the `"default"` data source.
+    pub async fn run<F: Future>(&self, fut: F) -> F::Output {
+        transactional::with_data_source("default", self.pool.clone(), fut)
+            .await
+            .expect("supported database")
+    }
+
+    /// The committed ids, sorted, as a second connection sees them.
+    pub async fn ids(&self) -> Vec<i64> {
+        let mut conn = self.observer.acquire().await.expect("observer");
+        let count = D::scalar(&mut conn, format!("SELECT COUNT(*) FROM {}", self.table))
+            .await
+            .expect("count");
+        let mut ids = Vec::new();
+        for i in 0..count {
+            ids.push(
+                D::scalar(
+                    &mut conn,
+                    format!("SELECT id FROM {} ORDER BY id LIMIT 1 OFFSET {i}", self.table),
+                )
+                .await
+                .expect("id"),
+            );
+        }
+        ids
+    }
+
+    /// Inserts `id` through the current connection (the "repository").
+    pub async fn insert(&self, id: i64) -> AppResult<()> {
+        let mut conn = transactional::connection::<D::DB>().await?;
+        D::exec(&mut conn, format!("INSERT INTO {} (id) VALUES ({id})", self.table)).await?;
+        Ok(())
+    }
+
+    /// The session behind the current connection.
+    pub async fn session(&self) -> AppResult<i64> {
+        let mut conn = transactional::connection::<D::DB>().await?;
+        Ok(D::session_id(&mut conn).await?)
+    }
+
+    /// A connection straight from the pool, bypassing the library.
+    pub async fn raw(&self) -> sqlx::pool::PoolConnection<D::DB> {
+        self.pool.acquire().await.expect("raw connection")
+    }
+
+    /// Waits (up to 5 s) for `check` to hold, for effects that happen in the background.
+    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        for _ in 0..100 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: did not happen within 5 s");
+    }
+
+    /// Every pooled connection is outside a transaction: take them all at once and ask each.
+    pub async fn pool_is_clean(&self) -> bool {
+        let size = self.pool.size();
+        let mut conns = Vec::new();
+        for _ in 0..size {
+            match tokio::time::timeout(Duration::from_secs(1), self.pool.acquire()).await {
+                Ok(Ok(c)) => conns.push(c),
+                _ => return false,
+            }
+        }
+        for conn in conns.iter_mut() {
+            if D::in_transaction(conn).await.unwrap_or(true) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl<D: TestDb> Drop for Env<D> {
+    fn drop(&mut self) {
+        let observer = self.observer.clone();
+        let sql = format!("DROP TABLE IF EXISTS {}", self.table);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Ok(mut conn) = observer.acquire().await {
+                    let _ = D::exec(&mut conn, sql).await;
+                }
+            });
+        }
+    }
+}
+
+/// Declares a test generic over `D: TestDb` and instantiates it for each database.
+#[macro_export]
+macro_rules! conformance {
+    ($(#[$meta:meta])* async fn $name:ident<D>() $body:block) => {
+        $(#[$meta])*
+        async fn $name<D: $crate::common::TestDb>()
+        where
+            for<'c> &'c mut <D::DB as sqlx::Database>::Connection:
+                sqlx::Executor<'c, Database = D::DB>,
+        $body
+
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name::<$crate::common::Pg>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                super::$name::<$crate::common::My>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name::<$crate::common::Lite>().await
+            }
+        }
+    };
+}
+

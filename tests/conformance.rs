@@ -1,0 +1,7 @@
+//! The behaviour suite: every test runs unchanged on PostgreSQL, MariaDB/MySQL and SQLite.
+//! Semantics: DESIGN.md §2–§6, §9.
+
+mod common;
+
+#[path = "conformance/propagation.rs"]
+mod propagation;
