@@ -1,2 +1,2 @@
-pub use transactional_runtime::*;
 pub use transactional_macros::transactional;
+pub use transactional_runtime::*;

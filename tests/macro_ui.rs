@@ -1,0 +1,12 @@
+//! Compile-time behaviour of `#[transactional]`: what it accepts (`tests/ui/pass`) and the
+//! errors it gives (`tests/ui/fail`, with the expected messages in the `.stderr` files).
+//!
+//! Regenerate the `.stderr` files after an intended change to a message with
+//! `TRYBUILD=overwrite cargo test --test macro_ui`, then read every changed file.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/pass/*.rs");
+    t.compile_fail("tests/ui/fail/*.rs");
+}

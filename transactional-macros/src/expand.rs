@@ -1,0 +1,310 @@
+//! Code generation: the fn again, with its body run through `Transactional`.
+
+use proc_macro2::{Delimiter, Group, Literal, Span, TokenStream, TokenTree};
+use quote::{quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::ReturnType;
+
+use crate::attr::{Errors, TxArgs, TxFn};
+
+/// The whole macro: parse, validate, then either rewrite the fn or report every error found.
+///
+/// On error the item is emitted unchanged next to the errors, so that code using the fn does
+/// not pile up follow-on errors ("cannot find function ...") on top of the real one.
+pub(crate) fn transactional(args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = TxArgs::parse(args);
+    let function = TxFn::parse(item.clone());
+    match (args, function) {
+        (Ok(args), Ok(function)) => expand(&args, function),
+        (args, function) => {
+            let mut errors = Errors::default();
+            if let Err(e) = args {
+                errors.push(e);
+            }
+            if let Err(e) = function {
+                errors.push(e);
+            }
+            let errors = errors
+                .finish()
+                .err()
+                .map(|e| e.to_compile_error())
+                .unwrap_or_default();
+            quote!(#item #errors)
+        }
+    }
+}
+
+/// Emits the fn with its signature and attributes as written and this body:
+///
+/// ```text
+/// ::transactional::Transactional::new()
+///     .name(concat!(module_path!(), "::", "<fn>"))
+///     .<one setter per option given>
+///     .run(async move { <body> })
+///     .await
+/// ```
+pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
+    let TxFn {
+        attrs,
+        vis,
+        sig,
+        inner_attrs,
+        body,
+        brace_span,
+    } = function;
+
+    let krate = match &args.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::transactional),
+    };
+
+    let name = Literal::string(&sig.ident.unraw().to_string());
+    let mut builder = quote! {
+        #krate::Transactional::new()
+            .name(::core::concat!(::core::module_path!(), "::", #name))
+    };
+    if let Some(variant) = &args.propagation {
+        builder.extend(quote!(.propagation(#krate::Propagation::#variant)));
+    }
+    if let Some(variant) = &args.isolation {
+        builder.extend(quote!(.isolation(#krate::Isolation::#variant)));
+    }
+    if let Some(read_only) = &args.read_only {
+        builder.extend(quote!(.read_only(#read_only)));
+    }
+    if let Some((ms, span)) = args.timeout_ms {
+        let ms = Literal::u64_unsuffixed(ms);
+        builder.extend(quote_spanned!(span=> .timeout(::core::time::Duration::from_millis(#ms))));
+    }
+    if let Some(data_source) = &args.data_source {
+        builder.extend(quote!(.data_source(#data_source)));
+    }
+
+    let mut block = Group::new(Delimiter::Brace, body);
+    block.set_span(brace_span);
+    let body = quote!(async move #block);
+
+    // `run` carries the return type's span, so that an error type without
+    // `From<transactional::Error>` is reported on the return type rather than on the attribute.
+    let ret_span = match &sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => Span::call_site(),
+    };
+    let call = match &args.no_rollback_for {
+        Some(predicate) => {
+            let run = quote_spanned!(ret_span=> run_with_no_rollback_for);
+            let predicate = typed_predicate(predicate, &sig.output);
+            quote!(#builder.#run(#predicate, #body).await)
+        }
+        None => {
+            let run = quote_spanned!(ret_span=> run);
+            quote!(#builder.#run(#body).await)
+        }
+    };
+
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #(#inner_attrs)*
+            #call
+        }
+    }
+}
+
+/// Passes the predicate through an identity fn that ties its argument to the fn's error type.
+///
+/// rustc checks a closure argument before it learns the error type from the fn's return type,
+/// so `no_rollback_for = |e| e.is_benign()` would otherwise need `|e: &AppError|`. Naming the
+/// return type first, in `PhantomData::<R>`, fixes `E` before the closure is checked. A return
+/// type containing `impl Trait` cannot be named in an expression; the predicate is passed as
+/// written then.
+fn typed_predicate(predicate: &syn::Expr, output: &ReturnType) -> TokenStream {
+    let ty = match output {
+        ReturnType::Type(_, ty) if !mentions_impl(ty.to_token_stream()) => ty,
+        _ => return quote!(#predicate),
+    };
+    quote! {{
+        fn __transactional_no_rollback_for<T, E, P>(
+            _: ::core::marker::PhantomData<::core::result::Result<T, E>>,
+            predicate: P,
+        ) -> P
+        where
+            P: ::core::ops::Fn(&E) -> bool,
+        {
+            predicate
+        }
+        __transactional_no_rollback_for(::core::marker::PhantomData::<#ty>, #predicate)
+    }}
+}
+
+/// Whether a type's tokens contain `impl` anywhere (`Result<impl Display, E>`).
+fn mentions_impl(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|token| match token {
+        TokenTree::Ident(ident) => ident == "impl",
+        TokenTree::Group(group) => mentions_impl(group.stream()),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Token text without whitespace, so that comparisons ignore spacing and `Joint`-ness.
+    fn squash(tokens: TokenStream) -> String {
+        tokens.to_string().split_whitespace().collect()
+    }
+
+    fn expand_str(args: TokenStream, item: TokenStream) -> String {
+        squash(transactional(args, item))
+    }
+
+    fn tokens(s: &str) -> String {
+        squash(s.parse::<TokenStream>().unwrap())
+    }
+
+    #[test]
+    fn bare_attribute_only_names_the_scope() {
+        let out = expand_str(
+            quote!(),
+            quote! {
+                /// Saves.
+                #[must_use]
+                pub async fn save(&self, x: i32) -> Result<i32, AppError> { Ok(x) }
+            },
+        );
+        assert_eq!(
+            out,
+            tokens(
+                r#"
+                #[doc = r" Saves."]
+                #[must_use]
+                pub async fn save(&self, x: i32) -> Result<i32, AppError> {
+                    ::transactional::Transactional::new()
+                        .name(::core::concat!(::core::module_path!(), "::", "save"))
+                        .run(async move { Ok(x) })
+                        .await
+                }
+                "#
+            )
+        );
+    }
+
+    #[test]
+    fn every_option_becomes_a_setter_in_order() {
+        let out = expand_str(
+            quote!(
+                data_source = "reporting",
+                timeout = "250ms",
+                read_only,
+                isolation = "SERIALIZABLE",
+                propagation = "REQUIRES_NEW",
+                no_rollback_for = AppError::is_benign,
+                crate = "my::tx"
+            ),
+            quote!(
+                async fn r#report() -> AppResult<()> {
+                    Ok(())
+                }
+            ),
+        );
+        assert_eq!(
+            out,
+            tokens(
+                r#"
+                async fn r#report() -> AppResult<()> {
+                    my::tx::Transactional::new()
+                        .name(::core::concat!(::core::module_path!(), "::", "report"))
+                        .propagation(my::tx::Propagation::RequiresNew)
+                        .isolation(my::tx::Isolation::Serializable)
+                        .read_only(true)
+                        .timeout(::core::time::Duration::from_millis(250))
+                        .data_source("reporting")
+                        .run_with_no_rollback_for(
+                            {
+                                fn __transactional_no_rollback_for<T, E, P>(
+                                    _: ::core::marker::PhantomData<::core::result::Result<T, E>>,
+                                    predicate: P,
+                                ) -> P
+                                where
+                                    P: ::core::ops::Fn(&E) -> bool,
+                                {
+                                    predicate
+                                }
+                                __transactional_no_rollback_for(
+                                    ::core::marker::PhantomData::<AppResult<()> >,
+                                    AppError::is_benign
+                                )
+                            },
+                            async move { Ok(()) }
+                        )
+                        .await
+                }
+                "#
+            )
+        );
+    }
+
+    #[test]
+    fn inner_attributes_stay_on_the_fn_body() {
+        let out = expand_str(
+            quote!(read_only = false, timeout = 2),
+            quote!(
+                async fn f() -> Result<(), E> {
+                    #![allow(unused)]
+                    let x = 1;
+                    Ok(())
+                }
+            ),
+        );
+        assert_eq!(
+            out,
+            tokens(
+                r#"
+                async fn f() -> Result<(), E> {
+                    #![allow(unused)]
+                    ::transactional::Transactional::new()
+                        .name(::core::concat!(::core::module_path!(), "::", "f"))
+                        .read_only(false)
+                        .timeout(::core::time::Duration::from_millis(2000))
+                        .run(async move { let x = 1; Ok(()) })
+                        .await
+                }
+                "#
+            )
+        );
+    }
+
+    #[test]
+    fn predicates_are_passed_as_written_when_the_return_type_has_impl_trait() {
+        let out = expand_str(
+            quote!(no_rollback_for = |e: &E| e.ok()),
+            quote!(
+                async fn f() -> Result<impl Display, E> {
+                    Ok(1)
+                }
+            ),
+        );
+        assert!(out.contains(&tokens(
+            ".run_with_no_rollback_for(|e: &E| e.ok(), async move { Ok(1) }).await"
+        )));
+        assert!(mentions_impl(quote!(Result<Vec<impl Display>, E>)));
+        assert!(!mentions_impl(quote!(Result<Vec<Implement>, E>)));
+    }
+
+    #[test]
+    fn errors_keep_the_item() {
+        let out = expand_str(
+            quote!(foo = 1),
+            quote!(
+                async fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(out.starts_with(&tokens("async fn f() -> Result<(), E> { Ok(()) }")));
+        assert!(out.contains("compile_error"));
+        assert!(out.contains("unknownoption`foo`"));
+    }
+}
