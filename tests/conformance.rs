@@ -3,5 +3,9 @@
 
 mod common;
 
+#[path = "conformance/nested.rs"]
+mod nested;
 #[path = "conformance/propagation.rs"]
 mod propagation;
+#[path = "conformance/rollback.rs"]
+mod rollback;

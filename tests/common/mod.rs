@@ -65,7 +65,18 @@ pub trait TestDb: Sized + Send + Sync + 'static {
     /// while a transaction that has written is open.
     const SINGLE_WRITER: bool = false;
 
-    fn url(dir: &std::path::Path) -> String;
+    /// The URL of a fresh database for one test; `app` names the test's sessions where the
+    /// server supports it.
+    fn url(dir: &std::path::Path, app: &str) -> String;
+
+    /// Sessions of this test (named `app`) that sit inside a transaction, as the server sees
+    /// them; `None` where the server cannot tell.
+    fn leaked_transactions<'c>(
+        _conn: &'c mut <Self::DB as Database>::Connection,
+        _app: &'c str,
+    ) -> impl Future<Output = Option<i64>> + Send + 'c {
+        async { None }
+    }
 
     /// Runs a statement on a connection.
     fn exec<'c>(
@@ -89,6 +100,12 @@ pub trait TestDb: Sized + Send + Sync + 'static {
     fn session_id<'c>(
         conn: &'c mut <Self::DB as Database>::Connection,
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c;
+
+    /// The isolation level of the running transaction, lower-case with spaces
+    /// (`"serializable"`), or `None` where the database has only one (SQLite).
+    fn transaction_isolation<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+    ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + 'c;
 
     /// Whether the connection is inside a transaction, as the server sees it.
     fn in_transaction<'c>(
@@ -139,9 +156,28 @@ impl TestDb for Pg {
     common_impl!(Postgres);
     const NAME: &'static str = "postgres";
 
-    fn url(_: &std::path::Path) -> String {
-        std::env::var("TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    fn url(_: &std::path::Path, app: &str) -> String {
+        let base = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}application_name={app}")
+    }
+
+    fn leaked_transactions<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        app: &'c str,
+    ) -> impl Future<Output = Option<i64>> + Send + 'c {
+        async move {
+            Self::scalar(
+                conn,
+                format!(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = '{app}' \
+                     AND state LIKE 'idle in transaction%'"
+                ),
+            )
+            .await
+            .ok()
+        }
     }
 
     fn session_id<'c>(
@@ -150,17 +186,27 @@ impl TestDb for Pg {
         Self::scalar(conn, "SELECT pg_backend_pid()::bigint".into())
     }
 
+    fn transaction_isolation<'c>(
+        conn: &'c mut sqlx::PgConnection,
+    ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + 'c {
+        async move {
+            Self::text(conn, "SHOW transaction_isolation".into())
+                .await
+                .map(Some)
+        }
+    }
+
     fn in_transaction<'c>(
         conn: &'c mut sqlx::PgConnection,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'c {
-        // now() is the start of the transaction; statement_timestamp() of this statement.
+        // SAVEPOINT is an error outside a transaction block.
         async move {
-            Self::scalar(
-                conn,
-                "SELECT CASE WHEN now() = statement_timestamp() THEN 0 ELSE 1 END::bigint".into(),
-            )
-            .await
-            .map(|v| v == 1)
+            match Self::exec(conn, "SAVEPOINT in_transaction_probe".into()).await {
+                Ok(()) => Self::exec(conn, "RELEASE SAVEPOINT in_transaction_probe".into())
+                    .await
+                    .map(|_| true),
+                Err(_) => Ok(false),
+            }
         }
     }
 }
@@ -169,14 +215,32 @@ impl TestDb for My {
     common_impl!(MySql);
     const NAME: &'static str = "mysql";
 
-    fn url(_: &std::path::Path) -> String {
-        std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+    fn url(_: &std::path::Path, _: &str) -> String {
+        std::env::var("TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
     }
 
     fn session_id<'c>(
         conn: &'c mut sqlx::MySqlConnection,
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c {
         Self::scalar(conn, "SELECT CAST(CONNECTION_ID() AS SIGNED)".into())
+    }
+
+    fn transaction_isolation<'c>(
+        conn: &'c mut sqlx::MySqlConnection,
+    ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + 'c {
+        // The level of the running InnoDB transaction (it shows once the transaction has read
+        // or written), not the session variable that `SET TRANSACTION` leaves untouched.
+        async move {
+            Self::text(
+                conn,
+                "SELECT LOWER(trx_isolation_level) FROM information_schema.innodb_trx \
+                 WHERE trx_mysql_thread_id = CONNECTION_ID()"
+                    .into(),
+            )
+            .await
+            .map(|level| Some(level.replace('-', " ")))
+        }
     }
 
     fn in_transaction<'c>(
@@ -195,7 +259,7 @@ impl TestDb for Lite {
     const NAME: &'static str = "sqlite";
     const SINGLE_WRITER: bool = true;
 
-    fn url(dir: &std::path::Path) -> String {
+    fn url(dir: &std::path::Path, _: &str) -> String {
         format!("sqlite://{}/test.db?mode=rwc", dir.display())
     }
 
@@ -205,6 +269,12 @@ impl TestDb for Lite {
         // SQLite has no session id: the connection's address identifies it while it is alive.
         let id = &*conn as *const sqlx::SqliteConnection as usize as i64;
         async move { Ok(id) }
+    }
+
+    fn transaction_isolation<'c>(
+        _: &'c mut sqlx::SqliteConnection,
+    ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + 'c {
+        async { Ok(None) }
     }
 
     fn in_transaction<'c>(
@@ -243,18 +313,32 @@ where
 {
     /// A pool of 5 connections. `None` when this database is skipped by `TRANSACTIONAL_TEST_SKIP`.
     pub async fn new(test: &str) -> Option<Self> {
-        Self::with_pool(test, PoolOptions::new().max_connections(5)).await
+        Self::with_pool(test, 5, Duration::from_secs(5)).await
     }
 
-    pub async fn with_pool(test: &str, options: PoolOptions<D::DB>) -> Option<Self> {
+    pub async fn with_pool(
+        test: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Option<Self> {
         if skipped(D::NAME) {
             eprintln!("skipping {test} on {}: TRANSACTIONAL_TEST_SKIP", D::NAME);
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = D::url(dir.path());
-        let options = options.acquire_timeout(Duration::from_secs(5));
-        let pool = options.connect(&url).await.unwrap_or_else(|e| {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let short: String = test
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(24)
+            .collect();
+        let table = format!("t_{short}_{}_{n}", std::process::id());
+        let url = D::url(dir.path(), &table);
+        let pool = PoolOptions::<D::DB>::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect(&url)
+            .await.unwrap_or_else(|e| {
             panic!(
                 "{} is not reachable at {url}: {e}. Start it, or set TRANSACTIONAL_TEST_SKIP={} to skip it locally",
                 D::NAME,
@@ -266,16 +350,14 @@ where
             .connect(&url)
             .await
             .expect("observer connection");
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let short: String = test.chars().filter(|c| c.is_ascii_alphanumeric()).take(24).collect();
-        let table = format!("t_{short}_{}_{n}", std::process::id());
         let env = Env {
             pool,
             observer,
             table,
             _dir: dir,
         };
-        env.observe(format!("DROP TABLE IF EXISTS {}", env.table)).await;
+        env.observe(format!("DROP TABLE IF EXISTS {}", env.table))
+            .await;
         env.observe(format!(
             "CREATE TABLE {} (id BIGINT PRIMARY KEY, note VARCHAR(100))",
             env.table
@@ -307,7 +389,10 @@ where
             ids.push(
                 D::scalar(
                     &mut conn,
-                    format!("SELECT id FROM {} ORDER BY id LIMIT 1 OFFSET {i}", self.table),
+                    format!(
+                        "SELECT id FROM {} ORDER BY id LIMIT 1 OFFSET {i}",
+                        self.table
+                    ),
                 )
                 .await
                 .expect("id"),
@@ -319,8 +404,32 @@ where
     /// Inserts `id` through the current connection (the "repository").
     pub async fn insert(&self, id: i64) -> AppResult<()> {
         let mut conn = transactional::connection::<D::DB>().await?;
-        D::exec(&mut conn, format!("INSERT INTO {} (id) VALUES ({id})", self.table)).await?;
+        D::exec(
+            &mut conn,
+            format!("INSERT INTO {} (id) VALUES ({id})", self.table),
+        )
+        .await?;
         Ok(())
+    }
+
+    /// Inserts `id` with a note through the current connection.
+    pub async fn insert_note(&self, id: i64, note: &str) -> AppResult<()> {
+        let mut conn = transactional::connection::<D::DB>().await?;
+        D::exec(
+            &mut conn,
+            format!(
+                "INSERT INTO {} (id, note) VALUES ({id}, '{note}')",
+                self.table
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Counts the rows the current connection sees.
+    pub async fn visible(&self) -> AppResult<i64> {
+        let mut conn = transactional::connection::<D::DB>().await?;
+        Ok(D::scalar(&mut conn, format!("SELECT COUNT(*) FROM {}", self.table)).await?)
     }
 
     /// The session behind the current connection.
@@ -349,22 +458,31 @@ where
         panic!("{what}: did not happen within 5 s");
     }
 
-    /// Every pooled connection is outside a transaction: take them all at once and ask each.
+    /// No connection of this test's pool sits inside a transaction: every connection that can
+    /// be taken from the pool is asked (sqlx may briefly count a connection that a cancelled
+    /// acquire was opening), and where the server can tell (PostgreSQL), no session of this
+    /// test is idle in a transaction.
     pub async fn pool_is_clean(&self) -> bool {
-        let size = self.pool.size();
         let mut conns = Vec::new();
-        for _ in 0..size {
-            match tokio::time::timeout(Duration::from_secs(1), self.pool.acquire()).await {
+        for _ in 0..self.pool.size().max(1) {
+            match tokio::time::timeout(Duration::from_millis(300), self.pool.acquire()).await {
                 Ok(Ok(c)) => conns.push(c),
-                _ => return false,
+                _ => break,
             }
+        }
+        if conns.is_empty() {
+            return false;
         }
         for conn in conns.iter_mut() {
             if D::in_transaction(conn).await.unwrap_or(true) {
                 return false;
             }
         }
-        true
+        drop(conns);
+        let mut observer = self.observer.acquire().await.expect("observer");
+        D::leaked_transactions(&mut observer, &self.table)
+            .await
+            .is_none_or(|n| n == 0)
     }
 }
 
@@ -409,4 +527,3 @@ macro_rules! conformance {
         }
     };
 }
-

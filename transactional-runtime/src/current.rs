@@ -133,7 +133,12 @@ impl DataSourceRef<'_> {
         if let Some(Hook::AfterCompletion(run)) =
             register_hook(self.name, Hook::after_completion(hook))
         {
-            run_logged(run(Outcome::Committed), "after_completion", "no transaction").await;
+            run_logged(
+                run(Outcome::Committed),
+                "after_completion",
+                "no transaction",
+            )
+            .await;
         }
     }
 }

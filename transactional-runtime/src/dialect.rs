@@ -36,7 +36,12 @@ impl Dialect {
 
     /// `sqlite_immediate` takes SQLite's write lock at BEGIN (see
     /// [`DataSourceSettings::sqlite_begin_immediate`](crate::DataSourceSettings::sqlite_begin_immediate)).
-    pub(crate) fn begin(self, isolation: Isolation, read_only: bool, sqlite_immediate: bool) -> BeginPlan {
+    pub(crate) fn begin(
+        self,
+        isolation: Isolation,
+        read_only: bool,
+        sqlite_immediate: bool,
+    ) -> BeginPlan {
         match self {
             Dialect::Postgres => {
                 let mut begin = String::from("BEGIN");
@@ -121,7 +126,12 @@ mod tests {
         let plan = Dialect::Postgres.begin(Isolation::Serializable, true, false);
         assert_eq!(plan.begin, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY");
         assert_eq!(plan.prepare, None);
-        assert_eq!(Dialect::Postgres.begin(Isolation::Default, false, false).begin, "BEGIN");
+        assert_eq!(
+            Dialect::Postgres
+                .begin(Isolation::Default, false, false)
+                .begin,
+            "BEGIN"
+        );
     }
 
     #[test]
@@ -141,7 +151,9 @@ mod tests {
         assert_eq!(plan.prepare, Some("PRAGMA query_only = ON"));
         assert_eq!(plan.reset, Some("PRAGMA query_only = OFF"));
         assert_eq!(
-            Dialect::Sqlite.begin(Isolation::ReadCommitted, false, false).begin,
+            Dialect::Sqlite
+                .begin(Isolation::ReadCommitted, false, false)
+                .begin,
             "BEGIN DEFERRED"
         );
         assert_eq!(

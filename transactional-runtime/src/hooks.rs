@@ -117,7 +117,9 @@ impl Hook {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        Hook::BeforeCommit(Box::new(move || Box::pin(f().map(|r| r.map_err(Into::into)))))
+        Hook::BeforeCommit(Box::new(move || {
+            Box::pin(f().map(|r| r.map_err(Into::into)))
+        }))
     }
 
     pub(crate) fn after_commit<F, Fut>(f: F) -> Hook
@@ -135,7 +137,9 @@ impl Hook {
         Fut: Future + Send + 'static,
         Fut::Output: HookResult,
     {
-        Hook::AfterRollback(Box::new(move |c| Box::pin(f(c).map(HookResult::into_error))))
+        Hook::AfterRollback(Box::new(move |c| {
+            Box::pin(f(c).map(HookResult::into_error))
+        }))
     }
 
     pub(crate) fn after_completion<F, Fut>(f: F) -> Hook
@@ -144,7 +148,9 @@ impl Hook {
         Fut: Future + Send + 'static,
         Fut::Output: HookResult,
     {
-        Hook::AfterCompletion(Box::new(move |o| Box::pin(f(o).map(HookResult::into_error))))
+        Hook::AfterCompletion(Box::new(move |o| {
+            Box::pin(f(o).map(HookResult::into_error))
+        }))
     }
 
     pub(crate) fn kind(&self) -> &'static str {

@@ -33,8 +33,8 @@ pub use current::{
     is_active, is_rollback_only, set_rollback_only, DataSourceRef,
 };
 pub use data_source::{
-    deregister, register, register_default, register_with, with_data_source, with_data_source_settings,
-    DataSourceSettings,
+    deregister, register, register_default, register_with, with_data_source,
+    with_data_source_settings, DataSourceSettings,
 };
 pub use dialect::Dialect;
 pub use error::{BoxError, Error};

@@ -53,7 +53,11 @@ mod tests {
         assert_eq!(table.len(), Propagation::ALL.len());
         for (mode, with_tx, without_tx) in table {
             assert_eq!(decide(mode, true), with_tx, "{mode} with a transaction");
-            assert_eq!(decide(mode, false), without_tx, "{mode} without a transaction");
+            assert_eq!(
+                decide(mode, false),
+                without_tx,
+                "{mode} without a transaction"
+            );
         }
     }
 }

@@ -33,7 +33,11 @@ enum Verdict<T, E> {
     Panic(Box<dyn Any + Send>),
 }
 
-pub(crate) async fn execute<F, T, E, P>(options: &TxOptions, rule: Option<P>, body: F) -> Result<T, E>
+pub(crate) async fn execute<F, T, E, P>(
+    options: &TxOptions,
+    rule: Option<P>,
+    body: F,
+) -> Result<T, E>
 where
     F: Future<Output = Result<T, E>>,
     E: From<Error>,
@@ -50,17 +54,19 @@ where
         deadline,
     };
     match (decide(options.propagation, current.is_some()), current) {
-        (Decision::Refuse, _) => Err(Error::propagation_refused(
-            options.propagation,
-            options.data_source,
-            options.name,
-        )
-        .into()),
+        (Decision::Refuse, _) => {
+            Err(
+                Error::propagation_refused(options.propagation, options.data_source, options.name)
+                    .into(),
+            )
+        }
         (Decision::RunWithout, _) => scope.run_without(body).await,
         (Decision::Begin, suspended) => scope.begin(suspended.is_some(), rule, body).await,
         (Decision::Join, Some(outer)) => scope.join(outer, rule, body).await,
         (Decision::Nest, Some(outer)) => scope.nest(outer, rule, body).await,
-        (Decision::Join | Decision::Nest, None) => unreachable!("decide() joins or nests only an existing transaction"),
+        (Decision::Join | Decision::Nest, None) => {
+            unreachable!("decide() joins or nests only an existing transaction")
+        }
     }
 }
 
@@ -124,9 +130,9 @@ impl Scope<'_> {
         self.check_join(outer.tx())?;
         let level = outer.level.clone();
         let frame = Arc::new(Frame::new(level.clone(), Role::Participant));
-        let mark_on_drop = MarkOnDrop(Some(level.clone()));
+        let mut mark_on_drop = MarkOnDrop(Some(level.clone()));
         let ended = self.run_body(Some(frame), body).await;
-        std::mem::forget(mark_on_drop);
+        mark_on_drop.disarm();
         match ended {
             BodyEnd::Ok(value) => Ok(value),
             BodyEnd::Err(error) => {
@@ -186,17 +192,21 @@ impl Scope<'_> {
         let tx = Arc::new(begun.unwrap_or_else(|| Err(self.timeout_error()))?);
         let level = Arc::new(Level::root(tx.clone()));
         let frame = Arc::new(Frame::new(level.clone(), Role::Owner));
-        let abandon_on_drop = AbandonOnDrop(Some(level.clone()), self.options.name);
+        let mut abandon_on_drop = AbandonOnDrop(Some(level.clone()), self.options.name);
         let ended = self.run_body(Some(frame.clone()), body).await;
         let mut verdict = judge(ended, &frame, &rule, || self.timeout_error().into());
 
         if let Verdict::Commit(_) = verdict {
             // Before-commit hooks still see the transaction: they may write in it, or fail it.
-            let ctx = self.ctx.with_frame(&self.data_source.name, Some(frame.clone()));
+            let ctx = self
+                .ctx
+                .with_frame(&self.data_source.name, Some(frame.clone()));
             if let Err(error) = ctx.scope(level.hooks.run_before_commit()).await {
                 verdict = Verdict::Rollback(Err(error.into()), RollbackCause::BeforeCommitFailed);
             } else if frame.is_rollback_only() {
-                let Verdict::Commit(result) = verdict else { unreachable!() };
+                let Verdict::Commit(result) = verdict else {
+                    unreachable!()
+                };
                 verdict = judge_rollback_only(result, &frame);
             }
         }
@@ -209,20 +219,22 @@ impl Scope<'_> {
             },
             Verdict::Rollback(result, cause) => {
                 match end_transaction(&tx, Control::Rollback, name).await {
-                    Err((error, ending @ Ending::RolledBack(RollbackCause::GuardOutlivedScope))) => {
-                        (Err(error.into()), ending)
-                    }
+                    Err((
+                        error,
+                        ending @ Ending::RolledBack(RollbackCause::GuardOutlivedScope),
+                    )) => (Err(error.into()), ending),
                     _ => (result, Ending::RolledBack(cause)),
                 }
             }
             Verdict::Panic(panic) => {
                 let _ = end_transaction(&tx, Control::Rollback, name).await;
-                std::mem::forget(abandon_on_drop);
-                self.after(&level, Ending::RolledBack(RollbackCause::Panic)).await;
+                abandon_on_drop.disarm();
+                self.after(&level, Ending::RolledBack(RollbackCause::Panic))
+                    .await;
                 resume_unwind(panic)
             }
         };
-        std::mem::forget(abandon_on_drop);
+        abandon_on_drop.disarm();
         self.after(&level, ending).await;
         result
     }
@@ -276,9 +288,9 @@ impl Scope<'_> {
         tx.savepoint(Control::Savepoint(&name)).await?;
         let level = Arc::new(Level::savepoint(outer.level.clone()));
         let frame = Arc::new(Frame::new(level.clone(), Role::Savepoint));
-        let abandon_on_drop = AbandonSavepointOnDrop(Some((tx.clone(), name.clone())));
+        let mut abandon_on_drop = AbandonSavepointOnDrop(Some((tx.clone(), name.clone())));
         let ended = self.run_body(Some(frame.clone()), body).await;
-        std::mem::forget(abandon_on_drop);
+        abandon_on_drop.disarm();
         let verdict = judge(ended, &frame, &rule, || self.timeout_error().into());
         if let Verdict::Commit(result) = verdict {
             return match tx.savepoint(Control::ReleaseSavepoint(&name)).await {
@@ -386,7 +398,13 @@ async fn end_transaction(
             } else {
                 Ending::RolledBack(RollbackCause::CommitFailed)
             };
-            Err((Error::Commit { outcome_unknown, source }, ending))
+            Err((
+                Error::Commit {
+                    outcome_unknown,
+                    source,
+                },
+                ending,
+            ))
         }
         (Err(error), _) => {
             // The connection has been closed, so the server rolls back what was left.
@@ -399,6 +417,12 @@ async fn end_transaction(
 /// Marks a joined transaction rollback-only if the participant is dropped before it ends.
 struct MarkOnDrop(Option<Arc<Level>>);
 
+impl MarkOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
 impl Drop for MarkOnDrop {
     fn drop(&mut self) {
         if let Some(level) = self.0.take() {
@@ -409,6 +433,12 @@ impl Drop for MarkOnDrop {
 
 /// Rolls back a transaction whose owning scope was dropped before it ended.
 struct AbandonOnDrop(Option<Arc<Level>>, &'static str);
+
+impl AbandonOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
@@ -437,6 +467,12 @@ impl Drop for AbandonOnDrop {
 /// Rolls back to a savepoint whose NESTED scope was dropped, before the transaction's next
 /// statement; its hooks go with it.
 struct AbandonSavepointOnDrop(Option<(Arc<Transaction>, String)>);
+
+impl AbandonSavepointOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for AbandonSavepointOnDrop {
     fn drop(&mut self) {

@@ -15,8 +15,9 @@ use crate::hooks::HookList;
 use crate::options::{Isolation, TxOptions};
 
 /// How long a connection abandoned inside a transaction may take to roll back before it is
-/// closed instead.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// closed instead. Short: a statement cancelled half-way can leave the driver waiting for an
+/// answer that never comes, and closing is always correct (the server rolls back).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the connection stands, for deciding what to do with it when it is given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub(crate) struct Slot {
     state: ConnState,
     reset: Option<&'static str>,
     dialect: Dialect,
+    /// Set when the transaction was abandoned while a guard held the connection: a statement
+    /// may be half-way, so the connection is closed rather than reused.
+    poisoned: Arc<AtomicBool>,
 }
 
 impl Slot {
@@ -74,9 +78,14 @@ impl Slot {
     /// Takes the connection out, with what is needed to clean it up.
     pub(crate) fn take(&mut self) -> Option<Abandoned> {
         let conn = self.conn.take()?;
+        let state = if self.poisoned.load(Ordering::Acquire) {
+            ConnState::InFlight
+        } else {
+            self.state
+        };
         Some(Abandoned {
             conn,
-            state: self.state,
+            state,
             reset: self.reset.take(),
             dialect: self.dialect,
         })
@@ -135,7 +144,9 @@ impl Abandoned {
                 self.conn.discard();
             }
             Err(_) => {
-                tracing::warn!("rollback of an abandoned transaction timed out; closing its connection");
+                tracing::warn!(
+                    "rollback of an abandoned transaction timed out; closing its connection"
+                );
                 self.conn.discard();
             }
         }
@@ -162,6 +173,7 @@ pub(crate) struct Transaction {
     pub(crate) isolation: Isolation,
     pub(crate) read_only: bool,
     slot: Arc<tokio::sync::Mutex<Slot>>,
+    poisoned: Arc<AtomicBool>,
     finished: AtomicBool,
     /// Savepoints of scopes that were cancelled, to roll back before the next statement.
     abandoned_savepoints: Mutex<Vec<String>>,
@@ -182,11 +194,13 @@ impl Transaction {
             options.read_only,
             data_source.settings.sqlite_begin_immediate,
         );
+        let poisoned = Arc::new(AtomicBool::new(false));
         let mut slot = Slot {
             conn: Some(conn),
             state: ConnState::InFlight,
             reset: plan.reset,
             dialect,
+            poisoned: poisoned.clone(),
         };
         let begun = match slot.conn.as_deref_mut() {
             Some(conn) => conn.run(dialect, Control::Begin(&plan)).await,
@@ -205,6 +219,7 @@ impl Transaction {
             isolation: options.isolation,
             read_only: options.read_only,
             slot: Arc::new(tokio::sync::Mutex::new(slot)),
+            poisoned,
             finished: AtomicBool::new(false),
             abandoned_savepoints: Mutex::new(Vec::new()),
             savepoint_seq: AtomicU32::new(0),
@@ -258,7 +273,15 @@ impl Transaction {
     /// rolled back in the background, or closed.
     pub(crate) fn abandon(&self) -> Option<Abandoned> {
         self.finish();
-        self.slot.clone().try_lock_owned().ok()?.take()
+        match self.slot.clone().try_lock_owned() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => {
+                // A guard holds the connection, maybe in the middle of a statement: whoever
+                // releases it last closes it.
+                self.poisoned.store(true, Ordering::Release);
+                None
+            }
+        }
     }
 
     pub(crate) fn next_savepoint_name(&self) -> String {
