@@ -9,3 +9,5 @@ mod nested;
 mod propagation;
 #[path = "conformance/rollback.rs"]
 mod rollback;
+#[path = "conformance/options.rs"]
+mod options;

@@ -230,16 +230,19 @@ impl TestDb for My {
         conn: &'c mut sqlx::MySqlConnection,
     ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + 'c {
         // The level of the running InnoDB transaction (it shows once the transaction has read
-        // or written), not the session variable that `SET TRANSACTION` leaves untouched.
+        // or written), not the session variable that `SET TRANSACTION` leaves untouched. Over
+        // the text protocol: a prepared statement on information_schema can answer stale rows.
         async move {
-            Self::text(
-                conn,
+            use sqlx::Row;
+            let row = sqlx::raw_sql(
                 "SELECT LOWER(trx_isolation_level) FROM information_schema.innodb_trx \
-                 WHERE trx_mysql_thread_id = CONNECTION_ID()"
-                    .into(),
+                 WHERE trx_mysql_thread_id = CONNECTION_ID()",
             )
-            .await
-            .map(|level| Some(level.replace('-', " ")))
+            .fetch_optional(conn)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+            let level: String = row.try_get(0)?;
+            Ok(Some(level.replace('-', " ")))
         }
     }
 
@@ -376,6 +379,36 @@ where
         transactional::with_data_source("default", self.pool.clone(), fut)
             .await
             .expect("supported database")
+    }
+
+    /// Runs `fut` with this test's pool as the `"default"` data source, with `settings`.
+    pub async fn run_with<F: Future>(
+        &self,
+        settings: transactional::DataSourceSettings,
+        fut: F,
+    ) -> F::Output {
+        transactional::with_data_source_settings("default", self.pool.clone(), settings, fut)
+            .await
+            .expect("supported database")
+    }
+
+    /// The isolation level of the current transaction (see [`TestDb::transaction_isolation`]),
+    /// once it reads `expected`, or whatever it reads after 3 s. (MySQL's `innodb_trx` is a
+    /// cache refreshed only once it has not been read for 100 ms: it can miss the transaction
+    /// or show the previous one until then.)
+    pub async fn isolation(&self, expected: &str) -> AppResult<Option<String>> {
+        let mut conn = transactional::connection::<D::DB>().await?;
+        let mut last = None;
+        for _ in 0..15 {
+            match D::transaction_isolation(&mut conn).await {
+                Ok(level) if level.as_deref().is_none_or(|l| l == expected) => return Ok(level),
+                Ok(level) => last = level,
+                Err(sqlx::Error::RowNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(last)
     }
 
     /// The committed ids, sorted, as a second connection sees them.

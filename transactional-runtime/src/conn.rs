@@ -79,9 +79,12 @@ where
             match control {
                 // sqlx's own transaction manager runs BEGIN/COMMIT/ROLLBACK so that its
                 // transaction depth stays right: a `conn.begin()` in user code then nests.
+                // Everything else goes over the text protocol (`raw_sql`): session statements such
+                // as MySQL's `SET TRANSACTION` have no effect as prepared statements, and
+                // savepoint names would only churn the statement cache.
                 Control::Begin(plan) => {
                     if let Some(prepare) = plan.prepare {
-                        conn.execute(prepare).await?;
+                        sqlx::raw_sql(prepare).execute(&mut *conn).await?;
                     }
                     let begin = AssertSqlSafe(plan.begin.clone()).into_sql_str();
                     DB::TransactionManager::begin(conn, Some(begin)).await
@@ -90,7 +93,7 @@ where
                 Control::Rollback => DB::TransactionManager::rollback(conn).await,
                 other => {
                     for sql in other.render(dialect) {
-                        conn.execute(AssertSqlSafe(sql)).await?;
+                        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
                     }
                     Ok(())
                 }
