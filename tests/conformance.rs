@@ -3,11 +3,13 @@
 
 mod common;
 
+#[path = "conformance/context.rs"]
+mod context;
 #[path = "conformance/nested.rs"]
 mod nested;
+#[path = "conformance/options.rs"]
+mod options;
 #[path = "conformance/propagation.rs"]
 mod propagation;
 #[path = "conformance/rollback.rs"]
 mod rollback;
-#[path = "conformance/options.rs"]
-mod options;

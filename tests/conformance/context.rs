@@ -1,0 +1,181 @@
+//! The current transaction travels with the task: suspension and resumption, guards that
+//! outlive their scope, concurrency, spawned tasks (DESIGN §1, §2, §6, §9).
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use transactional::{ConnectionGuard, Propagation::*, Transactional};
+
+use crate::common::{AppError, AppResult, Env};
+use crate::conformance;
+
+fn scope(p: transactional::Propagation) -> Transactional {
+    Transactional::new().propagation(p)
+}
+
+conformance! {
+    /// After a REQUIRES_NEW or NOT_SUPPORTED inner scope panics, the outer again sees its own
+    /// transaction and connection, and commits.
+    async fn outer_resumes_after_an_inner_panic<D>() {
+        let Some(env) = Env::<D>::new("resume_after_panic").await else { return };
+        let r: AppResult<()> = env.run(scope(Required).run(async {
+            let outer = env.session().await?;
+            for mode in [RequiresNew, NotSupported] {
+                let caught = AssertUnwindSafe(scope(mode).run(async {
+                    assert!(transactional::is_active() == (mode == RequiresNew));
+                    panic!("inner panics");
+                    #[allow(unreachable_code)]
+                    AppResult::Ok(())
+                }))
+                .catch_unwind()
+                .await;
+                assert!(caught.is_err());
+                assert!(transactional::is_active(), "the outer is current again after {mode}");
+                assert!(!transactional::is_rollback_only());
+                assert_eq!(env.session().await?, outer);
+            }
+            env.insert(1).await
+        })).await;
+        r.unwrap();
+        assert_eq!(env.ids().await, vec![1]);
+    }
+}
+
+conformance! {
+    /// REQUIRES_NEW needs a second connection while the outer holds one. With a pool of one,
+    /// the inner begin fails with a clear error within the acquire timeout (no deadlock,
+    /// Spring #26250), and the outer is intact and commits.
+    async fn requires_new_on_an_exhausted_pool_fails_clearly_and_leaves_the_outer_intact<D>() {
+        let Some(env) = Env::<D>::with_pool("requires_new_pool_of_one", 1, Duration::from_millis(500)).await else { return };
+        let r: AppResult<()> = env.run(scope(Required).run(async {
+            let outer = env.session().await?;
+            let inner: AppResult<()> = scope(RequiresNew).run(env.insert(2)).await;
+            let err = inner.unwrap_err();
+            let message = err.tx().to_string();
+            assert!(matches!(err.tx(), transactional::Error::Acquire { .. }), "{err:?}");
+            assert!(message.contains("REQUIRES_NEW"), "{message}");
+            assert!(transactional::is_active());
+            assert_eq!(env.session().await?, outer);
+            env.insert(1).await
+        })).await;
+        r.unwrap();
+        assert_eq!(env.ids().await, vec![1]);
+    }
+}
+
+conformance! {
+    /// A guard kept past the end of its scope: the scope fails and rolls back, using the guard
+    /// panics with "transaction already finished", and dropping it returns the connection to
+    /// the pool outside any transaction.
+    async fn a_guard_that_outlives_its_scope_fails_loudly<D>() {
+        let Some(env) = Env::<D>::with_pool("guard_outlives", 1, Duration::from_secs(5)).await else { return };
+        let leaked: Arc<Mutex<Option<ConnectionGuard<D::DB>>>> = Arc::default();
+        let r: AppResult<()> = env.run(scope(Required).run(async {
+            env.insert(1).await?;
+            let guard = transactional::connection::<D::DB>().await?;
+            *leaked.lock().unwrap() = Some(guard);
+            Ok(())
+        })).await;
+        let err = r.unwrap_err();
+        assert!(matches!(err.tx(), transactional::Error::GuardOutlivedScope { .. }), "{err:?}");
+        let mut guard = leaked.lock().unwrap().take().unwrap();
+        let used = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _conn: &mut <D::DB as sqlx::Database>::Connection = &mut guard;
+        }));
+        let panic = used.expect_err("using the guard panics");
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("transaction already finished"), "{message}");
+        drop(guard);
+        env.eventually("the connection is back, clean", || env.pool_is_clean()).await;
+        assert!(env.ids().await.is_empty(), "nothing was committed");
+    }
+}
+
+conformance! {
+    /// A spawned task starts with no transaction: it autocommits on its own pooled connection
+    /// (documented), even when the scope that spawned it rolls back.
+    async fn a_spawned_task_starts_without_a_transaction<D>() {
+        let Some(env) = Env::<D>::new("spawned_task").await else { return };
+        let env = Arc::new(env);
+        let r: AppResult<()> = env.run(scope(Required).run(async {
+            let outer = env.session().await?;
+            let task_env = env.clone();
+            let (active, session) = tokio::spawn(async move {
+                task_env.run(async {
+                    let active = transactional::is_active();
+                    task_env.insert(2).await.unwrap();
+                    (active, task_env.session().await.unwrap())
+                }).await
+            }).await.unwrap();
+            assert!(!active);
+            assert_ne!(session, outer);
+            assert_eq!(env.ids().await, vec![2], "the task autocommitted");
+            env.insert(1).await?;
+            Err(AppError::Boom("the spawning scope rolls back"))
+        })).await;
+        assert!(r.unwrap_err().is_boom());
+        assert_eq!(env.ids().await, vec![2]);
+    }
+}
+
+conformance! {
+    /// `join!` inside a scope: both branches share the transaction (its connection serialises
+    /// them), and both roll back together.
+    async fn joined_futures_share_the_transaction<D>() {
+        let Some(env) = Env::<D>::new("join_shares").await else { return };
+        let r: AppResult<()> = env.run(scope(Required).run(async {
+            let outer = env.session().await?;
+            let (a, b) = tokio::join!(
+                async { env.insert(1).await?; env.session().await },
+                async { env.insert(2).await?; env.session().await },
+            );
+            assert_eq!(a?, outer);
+            assert_eq!(b?, outer);
+            assert_eq!(env.visible().await?, 2);
+            Err(AppError::Boom("both roll back"))
+        })).await;
+        assert!(r.unwrap_err().is_boom());
+        assert!(env.ids().await.is_empty());
+    }
+}
+
+conformance! {
+    /// 200 concurrent tasks, each in its own transaction: none sees another's uncommitted rows
+    /// (odd ids always roll back, so no task may ever see an odd id but its own), no two share a
+    /// connection at once, and exactly the even ids are committed.
+    async fn concurrent_transactions_are_isolated<D>() {
+        let max = if D::SINGLE_WRITER { 4 } else { 10 };
+        let Some(env) = Env::<D>::with_pool("concurrent_200", max, Duration::from_secs(30)).await else { return };
+        let env = Arc::new(env);
+        let in_use: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let mut tasks = Vec::new();
+        for id in 0..200i64 {
+            let env = env.clone();
+            let in_use = in_use.clone();
+            tasks.push(tokio::spawn(async move {
+                let r: AppResult<()> = env.clone().run(scope(Required).run(async {
+                    env.insert(id).await?;
+                    let session = env.session().await?;
+                    assert!(in_use.lock().unwrap().insert(session), "a connection shared by two transactions");
+                    tokio::task::yield_now().await;
+                    let odd_seen = {
+                        let mut conn = transactional::connection::<D::DB>().await?;
+                        D::scalar(&mut conn, format!("SELECT COUNT(*) FROM {} WHERE id % 2 = 1", env.table)).await?
+                    };
+                    in_use.lock().unwrap().remove(&session);
+                    assert_eq!(odd_seen, id % 2, "task {id} saw another task's uncommitted row");
+                    if id % 2 == 1 { Err(AppError::Boom("odd ids roll back")) } else { Ok(()) }
+                })).await;
+                assert_eq!(r.is_ok(), id % 2 == 0, "task {id}: {r:?}");
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(env.ids().await, (0..200).step_by(2).collect::<Vec<i64>>());
+        assert!(env.pool_is_clean().await);
+    }
+}
