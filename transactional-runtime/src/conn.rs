@@ -93,7 +93,9 @@ where
                 Control::Rollback => DB::TransactionManager::rollback(conn).await,
                 other => {
                     for sql in other.render(dialect) {
-                        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+                        sqlx::raw_sql(AssertSqlSafe(sql))
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 }

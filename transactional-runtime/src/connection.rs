@@ -97,6 +97,11 @@ pub(crate) async fn acquire<DB: Database>(data_source: &str) -> Result<Connectio
                 .conn()
                 .is_some_and(|c| c.as_any().is::<PoolConnection<DB>>());
             if !typed {
+                if tx.data_source.database == crate::data_source::MOCK_DATABASE {
+                    return Err(Error::MockConnection {
+                        name: data_source.to_owned(),
+                    });
+                }
                 return Err(Error::WrongDatabase {
                     name: data_source.to_owned(),
                     expected: DB::NAME,

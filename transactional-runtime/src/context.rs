@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use crate::data_source::{lookup_global, DataSource};
 use crate::error::Error;
+use crate::hooks::HookSink;
+use crate::testing::MockOutcome;
 use crate::transaction::Frame;
 
 tokio::task_local! {
@@ -29,6 +31,10 @@ struct Inner {
     bindings: Vec<(Arc<str>, Option<Arc<Frame>>)>,
     /// Data sources registered for this task only; they shadow the global registry.
     scoped: Vec<Arc<DataSource>>,
+    /// Transactions mocked out: every scope runs its body directly.
+    mocked: Option<MockOutcome>,
+    /// Where after-commit hooks go instead of their transaction.
+    capture: Option<Arc<HookSink>>,
 }
 
 impl Context {
@@ -80,6 +86,38 @@ impl Context {
             .ok_or_else(|| Error::NoDataSource {
                 name: name.to_owned(),
             })
+    }
+
+    /// This context with transactions mocked out (`None` turns the mock off again).
+    pub(crate) fn with_mocked(&self, mocked: Option<MockOutcome>) -> Context {
+        let mut inner = (*self.inner).clone();
+        inner.mocked = mocked;
+        Context {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Whether transactions are mocked out here: by `testing::mocked`, or for the whole build
+    /// by the `mock` feature.
+    pub(crate) fn mocked(&self) -> Option<MockOutcome> {
+        self.inner.mocked.or(if cfg!(feature = "mock") {
+            Some(MockOutcome::Commit)
+        } else {
+            None
+        })
+    }
+
+    /// This context with after-commit hooks captured into `sink`.
+    pub(crate) fn with_capture(&self, sink: Arc<HookSink>) -> Context {
+        let mut inner = (*self.inner).clone();
+        inner.capture = Some(sink);
+        Context {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub(crate) fn capture(&self) -> Option<&Arc<HookSink>> {
+        self.inner.capture.as_ref()
     }
 
     /// Runs `fut` with this context current.

@@ -8,7 +8,7 @@ use sqlx::Database;
 use crate::connection::{acquire, ConnectionGuard};
 use crate::context::Context;
 use crate::error::{BoxError, Error};
-use crate::hooks::{run_logged, Hook, HookResult, Outcome, RollbackCause};
+use crate::hooks::{run_after, Ending, Hook, HookResult, Outcome, RollbackCause};
 use crate::options::DEFAULT_DATA_SOURCE;
 use crate::scope::register_hook;
 
@@ -91,7 +91,9 @@ impl DataSourceRef<'_> {
         E: Into<BoxError>,
     {
         match register_hook(self.name, Hook::before_commit(hook)) {
-            Some(Hook::BeforeCommit(run)) => run().await.map_err(Error::BeforeCommit),
+            Some((Hook::BeforeCommit(run), Ending::Committed)) => {
+                run().await.map_err(Error::BeforeCommit)
+            }
             _ => Ok(()),
         }
     }
@@ -105,9 +107,7 @@ impl DataSourceRef<'_> {
         Fut: Future + Send + 'static,
         Fut::Output: HookResult,
     {
-        if let Some(Hook::AfterCommit(run)) = register_hook(self.name, Hook::after_commit(hook)) {
-            run_logged(run(), "after_commit", "no transaction").await;
-        }
+        run_now(register_hook(self.name, Hook::after_commit(hook))).await;
     }
 
     /// Runs `hook` with the cause once the current transaction has rolled back. Outside a
@@ -118,7 +118,7 @@ impl DataSourceRef<'_> {
         Fut: Future + Send + 'static,
         Fut::Output: HookResult,
     {
-        drop(register_hook(self.name, Hook::after_rollback(hook)));
+        run_now(register_hook(self.name, Hook::after_rollback(hook))).await;
     }
 
     /// Runs `hook` with the outcome once the current transaction is over, after the
@@ -130,16 +130,14 @@ impl DataSourceRef<'_> {
         Fut: Future + Send + 'static,
         Fut::Output: HookResult,
     {
-        if let Some(Hook::AfterCompletion(run)) =
-            register_hook(self.name, Hook::after_completion(hook))
-        {
-            run_logged(
-                run(Outcome::Committed),
-                "after_completion",
-                "no transaction",
-            )
-            .await;
-        }
+        run_now(register_hook(self.name, Hook::after_completion(hook))).await;
+    }
+}
+
+/// Runs a hook that found no transaction to attach to.
+async fn run_now(unattached: Option<(Hook, Ending)>) {
+    if let Some((hook, ending)) = unattached {
+        run_after(vec![hook], ending, "no transaction", &|_| {}).await;
     }
 }
 

@@ -13,7 +13,8 @@ use sqlx::{Database, Executor, Pool};
 use crate::conn::TxConnection;
 use crate::dialect::Dialect;
 use crate::error::Error;
-use crate::options::DEFAULT_DATA_SOURCE;
+use crate::events::{EventKind, ScopeEvent};
+use crate::options::{TxOptions, DEFAULT_DATA_SOURCE};
 
 /// How a data source treats scopes that join its transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,6 +63,8 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn acquire_timeout(&self) -> Duration;
     /// The typed pool, for connections handed out in autocommit.
     fn as_any(&self) -> &dyn Any;
+    /// Told what each scope on this data source does (the recording mock records it).
+    fn observe(&self, _event: ScopeEvent) {}
 }
 
 impl<DB> Source for Pool<DB>
@@ -124,7 +127,20 @@ impl DataSource {
         })
     }
 
+    /// Reports what a scope did to the source.
+    pub(crate) fn emit(&self, scope: &TxOptions, kind: EventKind) {
+        self.source.observe(ScopeEvent {
+            scope: *scope,
+            kind,
+        });
+    }
+
     pub(crate) fn pool<DB: Database>(&self) -> Result<&Pool<DB>, Error> {
+        if self.database == MOCK_DATABASE {
+            return Err(Error::MockConnection {
+                name: self.name.to_string(),
+            });
+        }
         self.source
             .as_any()
             .downcast_ref::<Pool<DB>>()
@@ -135,6 +151,9 @@ impl DataSource {
             })
     }
 }
+
+/// `DataSource::database` of the recording mock.
+pub(crate) const MOCK_DATABASE: &str = "recording mock";
 
 static REGISTRY: Lazy<RwLock<HashMap<String, Arc<DataSource>>>> = Lazy::new(Default::default);
 

@@ -36,6 +36,12 @@ pub enum Error {
         /// The database type registered.
         actual: &'static str,
     },
+    /// Code asked for a real connection from a recording mock data source.
+    #[error("data source `{name}` is a recording mock (transactional::testing::MockDataSource): it has no real connection to run queries on; mock the repository too, or test against a real database with transactional::testing::rollback_after")]
+    MockConnection {
+        /// The data source.
+        name: String,
+    },
     /// The database is not one of PostgreSQL, MySQL/MariaDB, SQLite.
     #[error("database `{database}` is not supported: transactional knows PostgreSQL, MySQL/MariaDB and SQLite")]
     UnsupportedDatabase {

@@ -213,6 +213,9 @@ impl HookList {
     }
 }
 
+/// Hooks taken out of their transactions by `testing::capture_after_commit`.
+pub(crate) type HookSink = Mutex<Vec<Hook>>;
+
 /// How a finished transaction ended, for running its after-* hooks.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Ending {
@@ -223,7 +226,12 @@ pub(crate) enum Ending {
 
 /// Runs the after-* hooks of a finished transaction. The caller makes sure no transaction is
 /// current on the data source and the connection is back in the pool.
-pub(crate) async fn run_after(hooks: Vec<Hook>, ending: Ending, scope: &'static str) {
+pub(crate) async fn run_after(
+    hooks: Vec<Hook>,
+    ending: Ending,
+    scope: &'static str,
+    ran: &(dyn Fn(&'static str) + Sync),
+) {
     let outcome = match ending {
         Ending::Committed => Outcome::Committed,
         Ending::RolledBack(_) => Outcome::RolledBack,
@@ -241,14 +249,16 @@ pub(crate) async fn run_after(hooks: Vec<Hook>, ending: Ending, scope: &'static 
             }
             _ => continue,
         };
+        ran(kind);
         run_logged(run, kind, scope).await;
     }
     for f in completion {
+        ran("after_completion");
         run_logged(f(outcome), "after_completion", scope).await;
     }
 }
 
-pub(crate) async fn run_logged(run: After, kind: &'static str, scope: &'static str) {
+async fn run_logged(run: After, kind: &'static str, scope: &'static str) {
     match AssertUnwindSafe(run).catch_unwind().await {
         Ok(None) => {}
         Ok(Some(error)) => {

@@ -8,6 +8,7 @@
 //!   rollback-only and hooks ([`after_commit`], …).
 //! - [`Propagation`], [`Isolation`], [`TxOptions`]: what a scope asks for.
 //! - [`Error`]: everything that can go wrong, convertible into your error type with `From`.
+//! - [`testing`]: mock transactions out, record them, capture hooks, roll back after a test.
 //!
 //! The current transaction travels with the task (a tokio task-local): futures joined or
 //! selected inside a scope share it, while a `tokio::spawn`ed task starts with none.
@@ -20,11 +21,13 @@ mod current;
 mod data_source;
 mod dialect;
 mod error;
+mod events;
 mod hooks;
 mod options;
 mod propagation;
 mod scope;
 mod template;
+pub mod testing;
 mod transaction;
 
 pub use connection::ConnectionGuard;
@@ -38,6 +41,7 @@ pub use data_source::{
 };
 pub use dialect::Dialect;
 pub use error::{BoxError, Error};
+pub use events::{EventKind, ScopeEvent};
 pub use hooks::{HookResult, Outcome, RollbackCause};
 pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
 pub use template::Transactional;

@@ -13,6 +13,7 @@ use crate::conn::Control;
 use crate::context::Context;
 use crate::data_source::DataSource;
 use crate::error::Error;
+use crate::events::EventKind;
 use crate::hooks::{run_after, Ending, Hook, RollbackCause};
 use crate::options::{Isolation, TxOptions};
 use crate::propagation::{decide, Decision};
@@ -44,6 +45,10 @@ where
     P: Fn(&E) -> bool,
 {
     let ctx = Context::current();
+    if ctx.mocked().is_some() {
+        // Mocked out (testing): no data source, no transaction, just the body.
+        return body.await;
+    }
     let data_source = ctx.data_source(options.data_source)?;
     let current = ctx.frame(options.data_source).cloned();
     let deadline = options.timeout.map(|t| Instant::now() + t);
@@ -55,13 +60,23 @@ where
     };
     match (decide(options.propagation, current.is_some()), current) {
         (Decision::Refuse, _) => {
+            scope.emit(EventKind::Refused);
             Err(
                 Error::propagation_refused(options.propagation, options.data_source, options.name)
                     .into(),
             )
         }
-        (Decision::RunWithout, _) => scope.run_without(body).await,
-        (Decision::Begin, suspended) => scope.begin(suspended.is_some(), rule, body).await,
+        (Decision::RunWithout, suspended) => {
+            scope
+                .suspending(suspended.is_some(), scope.run_without(body))
+                .await
+        }
+        (Decision::Begin, suspended) => {
+            let suspended = suspended.is_some();
+            scope
+                .suspending(suspended, scope.begin(suspended, rule, body))
+                .await
+        }
         (Decision::Join, Some(outer)) => scope.join(outer, rule, body).await,
         (Decision::Nest, Some(outer)) => scope.nest(outer, rule, body).await,
         (Decision::Join | Decision::Nest, None) => {
@@ -78,6 +93,21 @@ struct Scope<'a> {
 }
 
 impl Scope<'_> {
+    fn emit(&self, kind: EventKind) {
+        self.data_source.emit(self.options, kind);
+    }
+
+    /// Runs `fut`, reporting the suspension and resumption of the current transaction.
+    async fn suspending<F: Future>(&self, suspends: bool, fut: F) -> F::Output {
+        if !suspends {
+            return fut.await;
+        }
+        self.emit(EventKind::Suspended);
+        let output = fut.await;
+        self.emit(EventKind::Resumed);
+        output
+    }
+
     fn timeout_error(&self) -> Error {
         Error::Timeout {
             scope: self.options.name,
@@ -107,11 +137,12 @@ impl Scope<'_> {
     }
 
     /// SUPPORTS / NOT_SUPPORTED / NEVER without a transaction: the body autocommits.
-    async fn run_without<F, T, E>(self, body: F) -> Result<T, E>
+    async fn run_without<F, T, E>(&self, body: F) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
+        self.emit(EventKind::RanWithout);
         match self.run_body(None, body).await {
             BodyEnd::Ok(value) => Ok(value),
             BodyEnd::Err(error) => Err(error),
@@ -128,8 +159,9 @@ impl Scope<'_> {
         P: Fn(&E) -> bool,
     {
         self.check_join(outer.tx())?;
+        self.emit(EventKind::Joined);
         let level = outer.level.clone();
-        let frame = Arc::new(Frame::new(level.clone(), Role::Participant));
+        let frame = Arc::new(Frame::new(level.clone(), Role::Participant, *self.options));
         let mut mark_on_drop = MarkOnDrop(Some(level.clone()));
         let ended = self.run_body(Some(frame), body).await;
         mark_on_drop.disarm();
@@ -182,7 +214,7 @@ impl Scope<'_> {
 
     /// Begins a physical transaction (REQUIRED, REQUIRES_NEW, NESTED without one), runs the
     /// body in it, and commits or rolls back.
-    async fn begin<F, T, E, P>(self, suspended: bool, rule: Option<P>, body: F) -> Result<T, E>
+    async fn begin<F, T, E, P>(&self, suspended: bool, rule: Option<P>, body: F) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
@@ -190,8 +222,9 @@ impl Scope<'_> {
     {
         let begun = self.with_deadline(self.begin_transaction(suspended)).await;
         let tx = Arc::new(begun.unwrap_or_else(|| Err(self.timeout_error()))?);
+        self.emit(EventKind::Began);
         let level = Arc::new(Level::root(tx.clone()));
-        let frame = Arc::new(Frame::new(level.clone(), Role::Owner));
+        let frame = Arc::new(Frame::new(level.clone(), Role::Owner, *self.options));
         let mut abandon_on_drop = AbandonOnDrop(Some(level.clone()), self.options.name);
         let ended = self.run_body(Some(frame.clone()), body).await;
         let mut verdict = judge(ended, &frame, &rule, || self.timeout_error().into());
@@ -229,12 +262,18 @@ impl Scope<'_> {
             Verdict::Panic(panic) => {
                 let _ = end_transaction(&tx, Control::Rollback, name).await;
                 abandon_on_drop.disarm();
-                self.after(&level, Ending::RolledBack(RollbackCause::Panic))
-                    .await;
+                let cause = RollbackCause::Panic;
+                self.emit(EventKind::RolledBack { cause });
+                self.after(&level, Ending::RolledBack(cause)).await;
                 resume_unwind(panic)
             }
         };
         abandon_on_drop.disarm();
+        self.emit(match ending {
+            Ending::Committed => EventKind::Committed,
+            Ending::RolledBack(cause) => EventKind::RolledBack { cause },
+            Ending::Unknown => EventKind::CommitFailed,
+        });
         self.after(&level, ending).await;
         result
     }
@@ -267,7 +306,9 @@ impl Scope<'_> {
             return;
         }
         let ctx = self.ctx.with_frame(&self.data_source.name, None);
-        ctx.scope(run_after(hooks, ending, self.options.name)).await;
+        let ran = |hook| self.emit(EventKind::HookRan { hook });
+        ctx.scope(run_after(hooks, ending, self.options.name, &ran))
+            .await;
     }
 
     /// NESTED inside a transaction: a savepoint that the body's failure rolls back to.
@@ -286,8 +327,11 @@ impl Scope<'_> {
         let tx = outer.tx().clone();
         let name = tx.next_savepoint_name();
         tx.savepoint(Control::Savepoint(&name)).await?;
+        self.emit(EventKind::Nested {
+            savepoint: name.clone(),
+        });
         let level = Arc::new(Level::savepoint(outer.level.clone()));
-        let frame = Arc::new(Frame::new(level.clone(), Role::Savepoint));
+        let frame = Arc::new(Frame::new(level.clone(), Role::Savepoint, *self.options));
         let mut abandon_on_drop = AbandonSavepointOnDrop(Some((tx.clone(), name.clone())));
         let ended = self.run_body(Some(frame.clone()), body).await;
         abandon_on_drop.disarm();
@@ -295,6 +339,7 @@ impl Scope<'_> {
         if let Verdict::Commit(result) = verdict {
             return match tx.savepoint(Control::ReleaseSavepoint(&name)).await {
                 Ok(()) => {
+                    self.emit(EventKind::SavepointReleased { savepoint: name });
                     level.hooks.move_into(&outer.level.hooks);
                     result
                 }
@@ -311,6 +356,9 @@ impl Scope<'_> {
             tx.savepoint(Control::ReleaseSavepoint(&name)).await
         }
         .await;
+        self.emit(EventKind::RolledBackToSavepoint {
+            savepoint: name.clone(),
+        });
         if let Err(error) = &rolled_back {
             tracing::error!(scope = self.options.name, %error, "rolling back to a savepoint failed; the whole transaction is marked rollback-only");
             outer.level.mark_rollback_only();
@@ -452,7 +500,13 @@ impl Drop for AbandonOnDrop {
                     if let Some(abandoned) = abandoned {
                         abandoned.clean().await;
                     }
-                    run_after(hooks, Ending::RolledBack(RollbackCause::Cancelled), scope).await;
+                    run_after(
+                        hooks,
+                        Ending::RolledBack(RollbackCause::Cancelled),
+                        scope,
+                        &|_| {},
+                    )
+                    .await;
                 });
             }
             Err(_) => {
@@ -482,13 +536,27 @@ impl Drop for AbandonSavepointOnDrop {
     }
 }
 
-/// Registers `hook` on the transaction current for `data_source`; `None` if there is none.
-pub(crate) fn register_hook(data_source: &str, hook: Hook) -> Option<Hook> {
-    match Context::current().frame(data_source) {
+/// Registers `hook` on the transaction current for `data_source`. Returns the hook with the
+/// ending to run it with at once when there is no transaction (or transactions are mocked
+/// out); `None` when the transaction took it, or a `testing::capture_after_commit` did.
+pub(crate) fn register_hook(data_source: &str, hook: Hook) -> Option<(Hook, Ending)> {
+    let ctx = Context::current();
+    if let (Some(sink), Hook::AfterCommit(_)) = (ctx.capture(), &hook) {
+        sink.lock().unwrap_or_else(|e| e.into_inner()).push(hook);
+        return None;
+    }
+    if let Some(outcome) = ctx.mocked() {
+        return Some((hook, outcome.ending()));
+    }
+    match ctx.frame(data_source) {
         Some(frame) if !frame.tx().is_finished() => {
+            let kind = hook.kind();
             frame.level.hooks.push(hook);
+            let tx = frame.tx();
+            tx.data_source
+                .emit(&frame.options, EventKind::HookRegistered { hook: kind });
             None
         }
-        _ => Some(hook),
+        _ => Some((hook, Ending::Committed)),
     }
 }

@@ -396,14 +396,17 @@ pub(crate) enum Role {
 pub(crate) struct Frame {
     pub(crate) level: Arc<Level>,
     pub(crate) role: Role,
+    /// The options of the scope this frame belongs to.
+    pub(crate) options: TxOptions,
     local_rollback_only: AtomicBool,
 }
 
 impl Frame {
-    pub(crate) fn new(level: Arc<Level>, role: Role) -> Frame {
+    pub(crate) fn new(level: Arc<Level>, role: Role, options: TxOptions) -> Frame {
         Frame {
             level,
             role,
+            options,
             local_rollback_only: AtomicBool::new(false),
         }
     }
