@@ -127,8 +127,16 @@ impl DataSource {
         })
     }
 
-    /// Reports what a scope did to the source.
+    /// Reports what a scope did: to `tracing` (target `transactional`, debug level) and to the
+    /// source (the recording mock keeps it).
     pub(crate) fn emit(&self, scope: &TxOptions, kind: EventKind) {
+        tracing::debug!(
+            target: "transactional",
+            scope = scope.name,
+            data_source = %self.name,
+            propagation = %scope.propagation,
+            event = ?kind,
+        );
         self.source.observe(ScopeEvent {
             scope: *scope,
             kind,
