@@ -5,6 +5,8 @@ mod common;
 
 #[path = "conformance/context.rs"]
 mod context;
+#[path = "conformance/hooks.rs"]
+mod hooks;
 #[path = "conformance/nested.rs"]
 mod nested;
 #[path = "conformance/options.rs"]

@@ -265,7 +265,7 @@ async fn run_logged(run: After, kind: &'static str, scope: &'static str) {
             tracing::error!(scope, hook = kind, %error, "transaction hook failed");
         }
         Err(panic) => {
-            let message = panic_message(&panic);
+            let message = panic_message(&*panic);
             tracing::error!(scope, hook = kind, panic = %message, "transaction hook panicked");
         }
     }

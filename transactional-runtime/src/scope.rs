@@ -225,7 +225,12 @@ impl Scope<'_> {
         self.emit(EventKind::Began);
         let level = Arc::new(Level::root(tx.clone()));
         let frame = Arc::new(Frame::new(level.clone(), Role::Owner, *self.options));
-        let mut abandon_on_drop = AbandonOnDrop(Some(level.clone()), self.options.name);
+        let mut abandon_on_drop = AbandonOnDrop {
+            level: Some(level.clone()),
+            scope: self.options.name,
+            ctx: self.ctx.with_frame(&self.data_source.name, None),
+            committing: false,
+        };
         let ended = self.run_body(Some(frame.clone()), body).await;
         let mut verdict = judge(ended, &frame, &rule, || self.timeout_error().into());
 
@@ -234,7 +239,13 @@ impl Scope<'_> {
             let ctx = self
                 .ctx
                 .with_frame(&self.data_source.name, Some(frame.clone()));
-            if let Err(error) = ctx.scope(level.hooks.run_before_commit()).await {
+            // A panicking hook fails the scope like a panicking body: roll back, then resume.
+            let ran = AssertUnwindSafe(ctx.scope(level.hooks.run_before_commit()))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = ran {
+                verdict = Verdict::Panic(panic);
+            } else if let Ok(Err(error)) = ran {
                 verdict = Verdict::Rollback(Err(error.into()), RollbackCause::BeforeCommitFailed);
             } else if frame.is_rollback_only() {
                 let Verdict::Commit(result) = verdict else {
@@ -246,10 +257,14 @@ impl Scope<'_> {
 
         let name = self.options.name;
         let (result, ending) = match verdict {
-            Verdict::Commit(result) => match end_transaction(&tx, Control::Commit, name).await {
-                Ok(()) => (result, Ending::Committed),
-                Err((error, ending)) => (Err(error.into()), ending),
-            },
+            Verdict::Commit(result) => {
+                // Cancelled from here on, the commit may or may not have happened.
+                abandon_on_drop.committing = true;
+                match end_transaction(&tx, Control::Commit, name).await {
+                    Ok(()) => (result, Ending::Committed),
+                    Err((error, ending)) => (Err(error.into()), ending),
+                }
+            }
             Verdict::Rollback(result, cause) => {
                 match end_transaction(&tx, Control::Rollback, name).await {
                     Err((
@@ -479,34 +494,42 @@ impl Drop for MarkOnDrop {
     }
 }
 
-/// Rolls back a transaction whose owning scope was dropped before it ended.
-struct AbandonOnDrop(Option<Arc<Level>>, &'static str);
+/// Rolls back a transaction whose owning scope was dropped before it ended, then runs its
+/// hooks in the scope's context (with no transaction current), as the other endings do.
+struct AbandonOnDrop {
+    level: Option<Arc<Level>>,
+    scope: &'static str,
+    ctx: Context,
+    /// COMMIT was sent: if dropped now, the outcome is unknown.
+    committing: bool,
+}
 
 impl AbandonOnDrop {
     fn disarm(&mut self) {
-        self.0 = None;
+        self.level = None;
     }
 }
 
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
-        let Some(level) = self.0.take() else { return };
+        let Some(level) = self.level.take() else {
+            return;
+        };
         let abandoned = level.tx.abandon();
         let hooks = level.hooks.take();
-        let scope = self.1;
+        let (scope, ctx) = (self.scope, self.ctx.clone());
+        let ending = if self.committing {
+            Ending::Unknown
+        } else {
+            Ending::RolledBack(RollbackCause::Cancelled)
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     if let Some(abandoned) = abandoned {
                         abandoned.clean().await;
                     }
-                    run_after(
-                        hooks,
-                        Ending::RolledBack(RollbackCause::Cancelled),
-                        scope,
-                        &|_| {},
-                    )
-                    .await;
+                    ctx.scope(run_after(hooks, ending, scope, &|_| {})).await;
                 });
             }
             Err(_) => {
