@@ -61,8 +61,11 @@ impl DataSourceRef<'_> {
             .is_some_and(|f| !f.tx().is_finished())
     }
 
-    /// Whether the current transaction will roll back (marked rollback-only here or by a
-    /// joined scope). `false` outside a transaction.
+    /// Whether this scope's transaction is marked rollback-only: by this scope's own
+    /// `set_rollback_only()`, or by a joined scope that failed or called it (on this
+    /// transaction or an enclosing savepoint level). As in Spring, a joined scope does not see
+    /// the owner's own `set_rollback_only()`: that is a request of the owner, read when the
+    /// owner ends. `false` outside a transaction.
     pub fn is_rollback_only(&self) -> bool {
         Context::current()
             .frame(self.name)
