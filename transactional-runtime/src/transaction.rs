@@ -332,12 +332,6 @@ impl Transaction {
     }
 }
 
-impl Drop for Transaction {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
 /// One level of a transaction: the transaction itself, or a savepoint inside it. Rollback-only
 /// marks and hooks belong to a level, so rolling back to a savepoint forgets both.
 pub(crate) struct Level {
@@ -366,14 +360,9 @@ impl Level {
         }
     }
 
-    /// Marked on this level itself (by a participant of the scope that owns the level).
-    pub(crate) fn is_marked(&self) -> bool {
-        self.rollback_only.load(Ordering::Acquire)
-    }
-
-    /// Marked here or on any enclosing level: the transaction cannot commit this work.
     pub(crate) fn is_rollback_only(&self) -> bool {
-        self.is_marked() || self.parent.as_ref().is_some_and(|p| p.is_rollback_only())
+        self.rollback_only.load(Ordering::Acquire)
+            || self.parent.as_ref().is_some_and(|p| p.is_rollback_only())
     }
 
     pub(crate) fn mark_rollback_only(&self) {
