@@ -61,7 +61,7 @@ async fn postgres_and_mariadb_in_one_call_chain() {
                 .run(async {
                     assert!(transactional::data_source("audit").is_active());
                     assert!(
-                        transactional::is_active(),
+                        transactional::data_source("default").is_active(),
                         "the Postgres transaction is still current"
                     );
                     audit_insert(&my, 10).await?;
@@ -70,10 +70,11 @@ async fn postgres_and_mariadb_in_one_call_chain() {
                             a.fetch_add(1, Ordering::SeqCst);
                         })
                         .await;
-                    transactional::after_commit(move || async move {
-                        d.fetch_add(1, Ordering::SeqCst);
-                    })
-                    .await;
+                    transactional::data_source("default")
+                        .after_commit(move || async move {
+                            d.fetch_add(1, Ordering::SeqCst);
+                        })
+                        .await;
                     needs_an_audit_transaction().await?;
                     Ok(())
                 })

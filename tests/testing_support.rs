@@ -145,7 +145,11 @@ async fn recording_mock_shows_a_serializable_transaction_rolled_back_when_paymen
         mock.statements_on(1),
         ["BEGIN ISOLATION LEVEL SERIALIZABLE", "ROLLBACK"]
     );
-    assert_eq!(mock.statements_on(2), ["BEGIN", "COMMIT"]);
+    // COMMIT rides with a SAVEPOINT that fails if PostgreSQL had aborted the transaction.
+    assert_eq!(
+        mock.statements_on(2),
+        ["BEGIN", "SAVEPOINT transactional_commit", "COMMIT"]
+    );
 
     let events = mock.events();
     let began = events.iter().find(|e| e.kind == EventKind::Began).unwrap();
@@ -190,10 +194,13 @@ async fn recording_mock_shows_savepoints() {
     assert_eq!(
         mock.statements(),
         [
+            // A savepoint that a deadlock's rollback would take with it: COMMIT checks it.
             "START TRANSACTION",
+            "SAVEPOINT transactional_open",
             "SAVEPOINT tx_sp_1",
             "ROLLBACK TO SAVEPOINT tx_sp_1",
             "RELEASE SAVEPOINT tx_sp_1",
+            "RELEASE SAVEPOINT transactional_open",
             "COMMIT"
         ]
     );

@@ -763,9 +763,9 @@ conformance! {
 
 conformance! {
     /// A hook for a named data source attaches to that data source's transaction: it runs at
-    /// that scope's commit, not at the default's. A default hook registered inside the "other"
-    /// scope runs at once when no default transaction exists, and at the default's commit when
-    /// one does.
+    /// that scope's commit, not at the default's. Inside a scope on "other", the free functions
+    /// mean "other"; a hook registered there for "default" by name runs at once when no default
+    /// transaction exists, and at the default's commit when one does.
     async fn hooks_attach_to_the_transaction_of_their_data_source<D>() {
         let Some(env) = Env::<D>::new("hooks_default_ds").await else { return };
         let Some(other) = Env::<D>::new("hooks_other_ds").await else { return };
@@ -776,7 +776,8 @@ conformance! {
         let log = Log::default();
         let r: AppResult<()> = env.run(transactional::with_data_source("other", other.pool.clone(), on_other().run(async {
             assert!(transactional::data_source("other").is_active());
-            assert!(!transactional::is_active());
+            assert!(transactional::is_active(), "the free functions mean the scope's data source");
+            assert!(!transactional::data_source("default").is_active());
             insert_on::<D>("other", &other.table, 1).await?;
             let (l, o) = (log.clone(), other.clone());
             transactional::data_source("other").after_commit(move || async move {
@@ -787,7 +788,7 @@ conformance! {
                 l.push(format!("other after_rollback {cause:?}"))
             }).await;
             let l = log.clone();
-            transactional::after_commit(move || async move { l.push("default after_commit") }).await;
+            transactional::data_source("default").after_commit(move || async move { l.push("default after_commit") }).await;
             assert_eq!(log.events(), ["default after_commit"], "no default transaction: ran at once");
             Ok(())
         }))).await.expect("supported database");
@@ -806,7 +807,7 @@ conformance! {
                     l.push(format!("other after_commit: other sees {:?}, default sees {:?}", o.ids().await, e.ids().await))
                 }).await;
                 let l = log.clone();
-                transactional::after_commit(move || async move {
+                transactional::data_source("default").after_commit(move || async move {
                     l.push("default after_commit registered in the other scope")
                 }).await;
                 Ok(())

@@ -1,24 +1,41 @@
-//! The task-local context: per data source, the transaction current in this task.
+//! The task-local context: per data source, the transaction current in this task; which data
+//! source `connection()` means; data sources registered for this task only; and the switches
+//! that testing support plugs into.
 //!
-//! Every scope runs its body inside `CONTEXT.scope(..)` with its own view of the context, so
-//! "suspending" a transaction is shadowing it: the outer context comes back by itself when the
-//! inner scope ends, however it ends. Futures joined or selected inside a scope share it; a
-//! `tokio::spawn`ed task starts with an empty context, as a new thread does in Spring.
+//! Every scope polls its body with its own view of the context, so "suspending" a transaction
+//! is shadowing it: the outer view comes back by itself when the inner scope ends, however it
+//! ends. Futures joined or selected inside a scope share it; a `tokio::spawn`ed or
+//! `spawn_local`ed task starts with an empty context, as a new thread does in Spring.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::data_source::{lookup_global, DataSource};
+use tokio::task::Id as TaskId;
+use tokio::time::Instant;
+
+use crate::data_source::{lookup_global, DataSource, DataSourceSettings};
 use crate::error::Error;
-use crate::hooks::HookSink;
-use crate::testing::MockOutcome;
+use crate::hooks::{Ending, Hook};
+use crate::options::DEFAULT_DATA_SOURCE;
 use crate::transaction::Frame;
 
 tokio::task_local! {
     static CONTEXT: Context;
 }
 
-/// What the task can see: the transaction per data source, and data sources scoped to it.
+/// Whether transactions are real here, or mocked out by testing support.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) enum Mode {
+    #[default]
+    Real,
+    /// Every scope runs its body directly; hooks run at once as if the transaction ended so.
+    Mocked(Ending),
+}
+
+/// Where after-commit hooks go instead of their transaction (testing support).
+pub(crate) type HookSink = Mutex<Vec<Hook>>;
+
+/// What the task can see.
 #[derive(Clone, Default)]
 pub(crate) struct Context {
     inner: Arc<Inner>,
@@ -26,52 +43,112 @@ pub(crate) struct Context {
 
 #[derive(Clone, Default)]
 struct Inner {
+    /// The task this context belongs to: polled from another task (a local task polled
+    /// inside a scope's body), it is not seen.
+    task: Option<TaskId>,
     /// Per data source name: the frame of the innermost scope, or `None` where a scope runs
     /// without a transaction (suspending any outer one).
     bindings: Vec<(Arc<str>, Option<Arc<Frame>>)>,
+    /// The data source of the innermost scope: the one `connection()` means.
+    current: Option<Arc<str>>,
+    /// The earliest deadline of the scopes around.
+    deadline: Option<Instant>,
     /// Data sources registered for this task only; they shadow the global registry.
     scoped: Vec<Arc<DataSource>>,
-    /// Transactions mocked out: every scope runs its body directly.
-    mocked: Option<MockOutcome>,
-    /// Where after-commit hooks go instead of their transaction.
+    mode: Mode,
     capture: Option<Arc<HookSink>>,
 }
 
 impl Context {
-    /// The context of the running task (empty outside any scope or outside tokio).
+    /// The context of the running task (empty outside any scope, outside tokio, and in a
+    /// task other than the one it was made in).
     pub(crate) fn current() -> Context {
-        CONTEXT.try_with(Context::clone).unwrap_or_default()
+        CONTEXT
+            .try_with(|ctx| {
+                if ctx.inner.task == tokio::task::try_id() {
+                    ctx.clone()
+                } else {
+                    Context::default()
+                }
+            })
+            .unwrap_or_default()
     }
 
-    /// The frame of the transaction current for `data_source`, if any.
-    pub(crate) fn frame(&self, data_source: &str) -> Option<&Arc<Frame>> {
-        self.inner
-            .bindings
-            .iter()
-            .rev()
-            .find(|(name, _)| &**name == data_source)
-            .and_then(|(_, frame)| frame.as_ref())
-    }
-
-    /// This context with `frame` (or no transaction) current for `data_source`.
-    pub(crate) fn with_frame(&self, data_source: &Arc<str>, frame: Option<Arc<Frame>>) -> Context {
+    fn derive(&self, change: impl FnOnce(&mut Inner)) -> Context {
         let mut inner = (*self.inner).clone();
-        inner.bindings.retain(|(name, _)| name != data_source);
-        inner.bindings.push((data_source.clone(), frame));
+        inner.task = tokio::task::try_id();
+        change(&mut inner);
         Context {
             inner: Arc::new(inner),
         }
+    }
+
+    /// This context, for work running in the current task (a scope's end that moved to a
+    /// task of its own).
+    pub(crate) fn in_this_task(&self) -> Context {
+        self.derive(|_| {})
+    }
+
+    /// What is current on `data_source`: `None` if no scope set anything, `Some(None)` if a
+    /// scope runs without a transaction there.
+    pub(crate) fn binding(&self, data_source: &str) -> Option<Option<&Arc<Frame>>> {
+        self.inner
+            .bindings
+            .iter()
+            .find(|(name, _)| &**name == data_source)
+            .map(|(_, frame)| frame.as_ref())
+    }
+
+    /// The frame of the transaction current on `data_source`, if any.
+    pub(crate) fn frame(&self, data_source: &str) -> Option<&Arc<Frame>> {
+        self.binding(data_source).flatten()
+    }
+
+    /// The data source `connection()` means here: the innermost scope's, else `"default"`.
+    pub(crate) fn current_data_source(&self) -> &str {
+        self.inner.current.as_deref().unwrap_or(DEFAULT_DATA_SOURCE)
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
+    }
+
+    /// The context of a scope's body: `frame` (or no transaction) current on `data_source`,
+    /// which becomes the current data source; `deadline` tightens the one around.
+    pub(crate) fn for_scope(
+        &self,
+        data_source: &Arc<str>,
+        frame: Option<Arc<Frame>>,
+        deadline: Option<Instant>,
+    ) -> Context {
+        self.derive(|inner| {
+            inner.bindings.retain(|(name, _)| name != data_source);
+            inner.bindings.push((data_source.clone(), frame));
+            inner.current = Some(data_source.clone());
+            inner.deadline = match (inner.deadline, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        })
+    }
+
+    /// This context with no transaction current on any data source: for hooks that run on a
+    /// task of their own, after the scopes around them have moved on.
+    pub(crate) fn without_transactions(&self) -> Context {
+        self.derive(|inner| {
+            for (_, frame) in &mut inner.bindings {
+                *frame = None;
+            }
+        })
     }
 
     /// This context with `data_source` registered for the task.
     pub(crate) fn with_data_source(&self, data_source: DataSource) -> Context {
-        let mut inner = (*self.inner).clone();
-        inner.scoped.retain(|ds| ds.name != data_source.name);
-        inner.bindings.retain(|(name, _)| *name != data_source.name);
-        inner.scoped.push(Arc::new(data_source));
-        Context {
-            inner: Arc::new(inner),
-        }
+        self.derive(|inner| {
+            inner.scoped.retain(|ds| ds.name != data_source.name);
+            inner.bindings.retain(|(name, _)| *name != data_source.name);
+            inner.scoped.push(Arc::new(data_source));
+        })
     }
 
     /// The data source called `name`: scoped to this task first, then the global registry.
@@ -88,40 +165,71 @@ impl Context {
             })
     }
 
-    /// This context with transactions mocked out (`None` turns the mock off again).
-    pub(crate) fn with_mocked(&self, mocked: Option<MockOutcome>) -> Context {
-        let mut inner = (*self.inner).clone();
-        inner.mocked = mocked;
-        Context {
-            inner: Arc::new(inner),
-        }
+    pub(crate) fn with_mode(&self, mode: Mode) -> Context {
+        self.derive(|inner| inner.mode = mode)
     }
 
     /// Whether transactions are mocked out here: by `testing::mocked`, or for the whole build
     /// by the `mock` feature.
-    pub(crate) fn mocked(&self) -> Option<MockOutcome> {
-        self.inner.mocked.or(if cfg!(feature = "mock") {
-            Some(MockOutcome::Commit)
-        } else {
-            None
-        })
+    pub(crate) fn mode(&self) -> Mode {
+        match self.inner.mode {
+            Mode::Real if cfg!(feature = "mock") => Mode::Mocked(Ending::Committed),
+            mode => mode,
+        }
     }
 
-    /// This context with after-commit hooks captured into `sink`.
     pub(crate) fn with_capture(&self, sink: Arc<HookSink>) -> Context {
-        let mut inner = (*self.inner).clone();
-        inner.capture = Some(sink);
-        Context {
-            inner: Arc::new(inner),
-        }
+        self.derive(|inner| inner.capture = Some(sink))
     }
 
     pub(crate) fn capture(&self) -> Option<&Arc<HookSink>> {
         self.inner.capture.as_ref()
     }
 
+    /// Runs `f` with this context current (a scope does so for every poll of its body).
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CONTEXT.sync_scope(self.clone(), f)
+    }
+
     /// Runs `fut` with this context current.
     pub(crate) async fn scope<F: Future>(self, fut: F) -> F::Output {
         CONTEXT.scope(self, fut).await
     }
+}
+
+/// Runs `fut` with `pool` registered as `name` for this task only, shadowing any global
+/// registration of that name; scopes inside `fut` (joined and selected futures included, but
+/// not spawned tasks) see it. Parallel tests use it to give each test its own pool.
+///
+/// Fails with [`Error::UnsupportedDatabase`] before running `fut` for an unknown database.
+pub async fn with_data_source<DB, F>(
+    name: &str,
+    pool: sqlx::Pool<DB>,
+    fut: F,
+) -> Result<F::Output, Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    F: Future,
+{
+    with_data_source_settings(name, pool, DataSourceSettings::new(), fut).await
+}
+
+/// Like [`with_data_source`], with [`DataSourceSettings`].
+pub async fn with_data_source_settings<DB, F>(
+    name: &str,
+    pool: sqlx::Pool<DB>,
+    settings: DataSourceSettings,
+    fut: F,
+) -> Result<F::Output, Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    F: Future,
+{
+    let data_source = DataSource::from_pool(name, pool, settings)?;
+    Ok(Context::current()
+        .with_data_source(data_source)
+        .scope(fut)
+        .await)
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use once_cell::sync::Lazy;
-use sqlx::{Database, Executor, Pool};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Database, Executor, Pool};
 
-use crate::conn::TxConnection;
 use crate::dialect::Dialect;
+use crate::driver::Conn;
 use crate::error::Error;
 use crate::events::{EventKind, ScopeEvent};
 use crate::options::{TxOptions, DEFAULT_DATA_SOURCE};
@@ -58,13 +58,21 @@ impl DataSourceSettings {
 
 /// Where connections come from: a sqlx pool, or the recording mock.
 pub(crate) trait Source: Send + Sync + 'static {
-    fn acquire(&self) -> BoxFuture<'_, Result<Box<dyn TxConnection>, sqlx::Error>>;
+    fn acquire(&self) -> BoxFuture<'_, Result<Conn, sqlx::Error>>;
     /// How long to wait for a busy connection before giving up.
     fn acquire_timeout(&self) -> Duration;
+    /// Runs `sql` on a connection of its own (an idle pooled one, or a new one): how a
+    /// statement running in a transaction is cancelled at its deadline.
+    fn run_aside(&self, sql: String) -> BoxFuture<'static, Result<(), sqlx::Error>>;
     /// The typed pool, for connections handed out in autocommit.
     fn as_any(&self) -> &dyn Any;
     /// Told what each scope on this data source does (the recording mock records it).
     fn observe(&self, _event: ScopeEvent) {}
+    /// Begin transactions and savepoints as their scopes start, not at their first use of the
+    /// connection: the recording mock does, since the code under test never uses it.
+    fn begins_eagerly(&self) -> bool {
+        false
+    }
 }
 
 impl<DB> Source for Pool<DB>
@@ -72,15 +80,35 @@ where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    fn acquire(&self) -> BoxFuture<'_, Result<Box<dyn TxConnection>, sqlx::Error>> {
+    fn acquire(&self) -> BoxFuture<'_, Result<Conn, sqlx::Error>> {
         Box::pin(async move {
             let conn = Pool::acquire(self).await?;
-            Ok(Box::new(conn) as Box<dyn TxConnection>)
+            Ok(Conn::new(Box::new(conn)))
         })
     }
 
     fn acquire_timeout(&self) -> Duration {
         self.options().get_acquire_timeout()
+    }
+
+    fn run_aside(&self, sql: String) -> BoxFuture<'static, Result<(), sqlx::Error>> {
+        let pool = self.clone();
+        Box::pin(async move {
+            if let Some(mut conn) = pool.try_acquire() {
+                let conn: &mut DB::Connection = &mut conn;
+                return sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(conn)
+                    .await
+                    .map(drop);
+            }
+            let mut conn = pool.connect_options().connect().await?;
+            let ran = sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .map(drop);
+            let _ = conn.close().await;
+            ran
+        })
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -233,37 +261,4 @@ pub(crate) fn lookup_global(name: &str) -> Option<Arc<DataSource>> {
         .unwrap_or_else(|e| e.into_inner())
         .get(name)
         .cloned()
-}
-
-/// Runs `fut` with `pool` registered as `name` for this task only, shadowing any global
-/// registration of that name; scopes inside `fut` (joined and selected futures included, but
-/// not spawned tasks) see it. Parallel tests use it to give each test its own pool.
-///
-/// Fails with [`Error::UnsupportedDatabase`] before running `fut` for an unknown database.
-pub async fn with_data_source<DB, F>(name: &str, pool: Pool<DB>, fut: F) -> Result<F::Output, Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    F: std::future::Future,
-{
-    with_data_source_settings(name, pool, DataSourceSettings::new(), fut).await
-}
-
-/// Like [`with_data_source`], with [`DataSourceSettings`].
-pub async fn with_data_source_settings<DB, F>(
-    name: &str,
-    pool: Pool<DB>,
-    settings: DataSourceSettings,
-    fut: F,
-) -> Result<F::Output, Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    F: std::future::Future,
-{
-    let data_source = DataSource::from_pool(name, pool, settings)?;
-    Ok(crate::context::Context::current()
-        .with_data_source(data_source)
-        .scope(fut)
-        .await)
 }

@@ -1,5 +1,7 @@
-//! The one seam where SQL text is made: every transaction-control statement the library sends,
-//! per database. The real connection and the recording mock both render through it.
+//! Every SQL string the library sends, per database: the one place where the databases differ
+//! in what is said to them. The real drivers and the recording mock both render through it.
+//!
+//! docs/ARCHITECTURE.md ("Where the databases differ") explains each choice.
 
 use crate::options::Isolation;
 
@@ -14,13 +16,32 @@ pub enum Dialect {
     Sqlite,
 }
 
-/// The statements that begin one transaction: some to prepare the session, the `BEGIN`
-/// itself, and one to undo the preparation once the transaction is over.
+/// The name of the savepoint MySQL transactions open at BEGIN, so that COMMIT can tell
+/// whether the server rolled the transaction back underneath (a deadlock does that).
+const MYSQL_ALIVE: &str = "transactional_open";
+
+/// The statements that begin one transaction, sent in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BeginPlan {
-    pub prepare: Option<&'static str>,
-    pub begin: String,
+pub(crate) struct Begin {
+    /// One or more statements separated by `;`.
+    pub sql: String,
+    /// Whether the last statement returns the server session id (for cancelling a statement).
+    pub returns_session: bool,
+    /// A statement that undoes a session setting once the transaction is over.
     pub reset: Option<&'static str>,
+}
+
+/// How to tell, at COMMIT, that the transaction had already been rolled back by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AbortCheck {
+    /// The probe sent before `COMMIT` fails with one of these SQLSTATEs (then `COMMIT` is not
+    /// executed); with `not_open`, no transaction was open any more.
+    ProbeFails {
+        states: &'static [&'static str],
+        not_open: &'static str,
+    },
+    /// `COMMIT` itself fails with this message when no transaction is open.
+    CommitFails(&'static str),
 }
 
 impl Dialect {
@@ -34,60 +55,116 @@ impl Dialect {
         }
     }
 
-    /// `sqlite_immediate` takes SQLite's write lock at BEGIN (see
-    /// [`DataSourceSettings::sqlite_begin_immediate`](crate::DataSourceSettings::sqlite_begin_immediate)).
+    /// The statements that begin a transaction. `sqlite_immediate` takes SQLite's write lock
+    /// at BEGIN; `session` also asks for the server session id, to cancel a statement at a
+    /// deadline (not needed on SQLite, which is interrupted in-process).
     pub(crate) fn begin(
         self,
         isolation: Isolation,
         read_only: bool,
         sqlite_immediate: bool,
-    ) -> BeginPlan {
+        session: bool,
+    ) -> Begin {
+        let mut sql = String::new();
+        let mut reset = None;
         match self {
             Dialect::Postgres => {
-                let mut begin = String::from("BEGIN");
-                if let Some(level) = isolation.sql() {
-                    begin.push_str(" ISOLATION LEVEL ");
-                    begin.push_str(level);
+                sql.push_str("BEGIN");
+                if let Some(level) = isolation_sql(isolation) {
+                    sql.push_str(" ISOLATION LEVEL ");
+                    sql.push_str(level);
                 }
                 if read_only {
-                    begin.push_str(" READ ONLY");
-                }
-                BeginPlan {
-                    prepare: None,
-                    begin,
-                    reset: None,
+                    sql.push_str(" READ ONLY");
                 }
             }
-            Dialect::MySql => BeginPlan {
-                // `SET TRANSACTION` applies to the next transaction only, so it needs no reset.
-                prepare: mysql_isolation(isolation),
-                begin: if read_only {
-                    "START TRANSACTION READ ONLY".into()
+            Dialect::MySql => {
+                // `SET TRANSACTION` applies to the next transaction only: no reset needed.
+                if let Some(level) = isolation_sql(isolation) {
+                    sql.push_str("SET TRANSACTION ISOLATION LEVEL ");
+                    sql.push_str(level);
+                    sql.push_str("; ");
+                }
+                sql.push_str(if read_only {
+                    "START TRANSACTION READ ONLY; "
                 } else {
-                    "START TRANSACTION".into()
-                },
-                reset: None,
-            },
+                    "START TRANSACTION; "
+                });
+                sql.push_str("SAVEPOINT ");
+                sql.push_str(MYSQL_ALIVE);
+            }
             // SQLite has one isolation level, SERIALIZABLE, at least as strong as any asked for.
-            Dialect::Sqlite if read_only => BeginPlan {
-                prepare: Some("PRAGMA query_only = ON"),
-                begin: "BEGIN DEFERRED".into(),
-                reset: Some("PRAGMA query_only = OFF"),
-            },
-            Dialect::Sqlite => BeginPlan {
-                prepare: None,
-                begin: if sqlite_immediate {
-                    "BEGIN IMMEDIATE".into()
+            Dialect::Sqlite => {
+                if read_only {
+                    sql.push_str("PRAGMA query_only = ON; ");
+                    reset = Some("PRAGMA query_only = OFF");
+                }
+                sql.push_str(if sqlite_immediate && !read_only {
+                    "BEGIN IMMEDIATE"
                 } else {
-                    "BEGIN DEFERRED".into()
-                },
-                reset: None,
-            },
+                    "BEGIN DEFERRED"
+                });
+            }
+        }
+        let session = session.then(|| self.session_id()).flatten();
+        if let Some(query) = session {
+            sql.push_str("; ");
+            sql.push_str(query);
+        }
+        Begin {
+            sql,
+            returns_session: session.is_some(),
+            reset,
         }
     }
 
-    pub(crate) fn commit(self) -> &'static str {
-        "COMMIT"
+    /// A query returning the server session id, for [`Dialect::cancel`].
+    pub(crate) fn session_id(self) -> Option<&'static str> {
+        match self {
+            Dialect::Postgres => Some("SELECT pg_backend_pid()::int8"),
+            Dialect::MySql => Some("SELECT CAST(CONNECTION_ID() AS SIGNED)"),
+            Dialect::Sqlite => None,
+        }
+    }
+
+    /// The statement, run on another connection, that cancels the statement running in
+    /// `session`.
+    pub(crate) fn cancel(self, session: i64) -> Option<String> {
+        match self {
+            Dialect::Postgres => Some(format!("SELECT pg_cancel_backend({session})")),
+            Dialect::MySql => Some(format!("KILL QUERY {session}")),
+            Dialect::Sqlite => None,
+        }
+    }
+
+    /// `COMMIT`, with what lets it notice a transaction the server had already rolled back:
+    /// PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK` and no error, and
+    /// MySQL commits nothing after a deadlock rolled the transaction back (later statements
+    /// autocommit). A `SAVEPOINT` fails in both of PostgreSQL's cases (aborted, or not in a
+    /// transaction); MySQL's savepoint opened at BEGIN is gone once the server rolled back.
+    pub(crate) fn commit(self) -> (&'static str, AbortCheck) {
+        match self {
+            Dialect::Postgres => (
+                "SAVEPOINT transactional_commit; COMMIT",
+                // in_failed_sql_transaction, no_active_sql_transaction
+                AbortCheck::ProbeFails {
+                    states: &["25P02", "25P01"],
+                    not_open: "25P01",
+                },
+            ),
+            Dialect::MySql => (
+                "RELEASE SAVEPOINT transactional_open; COMMIT",
+                // ER_SP_DOES_NOT_EXIST (a ROLLBACK after it is harmless on MySQL)
+                AbortCheck::ProbeFails {
+                    states: &["42000"],
+                    not_open: "",
+                },
+            ),
+            Dialect::Sqlite => (
+                "COMMIT",
+                AbortCheck::CommitFails("no transaction is active"),
+            ),
+        }
     }
 
     pub(crate) fn rollback(self) -> &'static str {
@@ -102,19 +179,27 @@ impl Dialect {
         format!("RELEASE SAVEPOINT {name}")
     }
 
+    /// Rolls back to a savepoint and releases it, in one round trip.
     pub(crate) fn rollback_to_savepoint(self, name: &str) -> String {
-        format!("ROLLBACK TO SAVEPOINT {name}")
+        format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+    }
+
+    /// Whether a failed `COMMIT` can leave the transaction open (SQLite: `SQLITE_BUSY`), so a
+    /// `ROLLBACK` must follow it.
+    pub(crate) fn commit_failure_leaves_transaction_open(self) -> bool {
+        self == Dialect::Sqlite
     }
 }
 
-fn mysql_isolation(isolation: Isolation) -> Option<&'static str> {
-    Some(match isolation {
-        Isolation::Default => return None,
-        Isolation::ReadUncommitted => "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED",
-        Isolation::ReadCommitted => "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
-        Isolation::RepeatableRead => "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-        Isolation::Serializable => "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
-    })
+/// The SQL spelling of an isolation level, or `None` for the default (send nothing).
+pub(crate) fn isolation_sql(isolation: Isolation) -> Option<&'static str> {
+    match isolation {
+        Isolation::Default => None,
+        Isolation::ReadUncommitted => Some("READ UNCOMMITTED"),
+        Isolation::ReadCommitted => Some("READ COMMITTED"),
+        Isolation::RepeatableRead => Some("REPEATABLE READ"),
+        Isolation::Serializable => Some("SERIALIZABLE"),
+    }
 }
 
 #[cfg(test)]
@@ -123,43 +208,33 @@ mod tests {
 
     #[test]
     fn postgres_options_ride_in_begin() {
-        let plan = Dialect::Postgres.begin(Isolation::Serializable, true, false);
-        assert_eq!(plan.begin, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY");
-        assert_eq!(plan.prepare, None);
-        assert_eq!(
-            Dialect::Postgres
-                .begin(Isolation::Default, false, false)
-                .begin,
-            "BEGIN"
-        );
+        let plan = Dialect::Postgres.begin(Isolation::Serializable, true, false, false);
+        assert_eq!(plan.sql, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY");
+        assert!(!plan.returns_session && plan.reset.is_none());
+        let plan = Dialect::Postgres.begin(Isolation::Default, false, false, true);
+        assert_eq!(plan.sql, "BEGIN; SELECT pg_backend_pid()::int8");
+        assert!(plan.returns_session);
     }
 
     #[test]
-    fn mysql_sets_isolation_for_the_next_transaction() {
-        let plan = Dialect::MySql.begin(Isolation::ReadCommitted, true, false);
+    fn mysql_sets_isolation_for_the_next_transaction_in_the_same_round_trip() {
+        let plan = Dialect::MySql.begin(Isolation::ReadCommitted, true, false, false);
         assert_eq!(
-            plan.prepare,
-            Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            plan.sql,
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY; \
+             SAVEPOINT transactional_open"
         );
-        assert_eq!(plan.begin, "START TRANSACTION READ ONLY");
         assert_eq!(plan.reset, None);
     }
 
     #[test]
-    fn sqlite_read_only_is_a_pragma_that_is_reset() {
-        let plan = Dialect::Sqlite.begin(Isolation::Serializable, true, false);
-        assert_eq!(plan.prepare, Some("PRAGMA query_only = ON"));
+    fn sqlite_maps_read_only_to_query_only_and_resets_it() {
+        let plan = Dialect::Sqlite.begin(Isolation::Serializable, true, true, true);
+        assert_eq!(plan.sql, "PRAGMA query_only = ON; BEGIN DEFERRED");
         assert_eq!(plan.reset, Some("PRAGMA query_only = OFF"));
-        assert_eq!(
-            Dialect::Sqlite
-                .begin(Isolation::ReadCommitted, false, false)
-                .begin,
-            "BEGIN DEFERRED"
-        );
-        assert_eq!(
-            Dialect::Sqlite.begin(Isolation::Default, false, true).begin,
-            "BEGIN IMMEDIATE"
-        );
+        assert!(!plan.returns_session, "SQLite is interrupted in-process");
+        let plan = Dialect::Sqlite.begin(Isolation::Default, false, true, false);
+        assert_eq!(plan.sql, "BEGIN IMMEDIATE");
     }
 
     #[test]
@@ -169,7 +244,17 @@ mod tests {
         assert_eq!(d.release_savepoint("tx_sp_1"), "RELEASE SAVEPOINT tx_sp_1");
         assert_eq!(
             d.rollback_to_savepoint("tx_sp_1"),
-            "ROLLBACK TO SAVEPOINT tx_sp_1"
+            "ROLLBACK TO SAVEPOINT tx_sp_1; RELEASE SAVEPOINT tx_sp_1"
         );
+    }
+
+    #[test]
+    fn cancel_statements() {
+        assert_eq!(
+            Dialect::Postgres.cancel(42).as_deref(),
+            Some("SELECT pg_cancel_backend(42)")
+        );
+        assert_eq!(Dialect::MySql.cancel(7).as_deref(), Some("KILL QUERY 7"));
+        assert_eq!(Dialect::Sqlite.cancel(1), None);
     }
 }

@@ -86,13 +86,16 @@ pub enum Error {
         /// The scope's name.
         scope: &'static str,
     },
-    /// Waited too long for the transaction's connection, held by another guard of this task.
-    #[error("the transaction's connection on `{data_source}` stayed busy for {waited:?}: a guard is still held while other code asks for the connection (a guard kept across a call into another repository or transactional fn deadlocks); drop the guard first")]
+    /// Waited too long for the transaction's connection: another user of this task's
+    /// transaction kept it.
+    #[error("the transaction's connection on `{data_source}` stayed busy for {waited:?}: {reason}; a guard kept across a call into another repository or transactional fn waits for itself, so drop the guard first, and let concurrent NESTED scopes finish before the others need the connection")]
     ConnectionBusy {
         /// The data source.
         data_source: String,
         /// How long it waited.
         waited: Duration,
+        /// Who kept it.
+        reason: &'static str,
     },
     /// A pooled connection could not be had.
     #[error("could not acquire a connection from data source `{data_source}`{hint}: {source}")]
@@ -123,6 +126,38 @@ pub enum Error {
         /// sqlx's error.
         #[source]
         source: sqlx::Error,
+    },
+    /// The database had already rolled the transaction (or the NESTED scope's savepoint)
+    /// back: an earlier statement failed and the code caught its error. Nothing of it was
+    /// committed.
+    #[error("the transaction on `{data_source}` had been aborted by the database before it could be committed ({source}): on PostgreSQL any failed statement aborts the transaction, on MySQL a deadlock rolls it back; nothing was committed. Let the failing statement's error propagate, or run the statement that may fail in a NESTED scope")]
+    Aborted {
+        /// The data source.
+        data_source: String,
+        /// What the database answered.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The transaction's connection was lost or had to be closed (a cleanup after a cancelled
+    /// statement could not finish); the server rolled the transaction back.
+    #[error("the transaction on `{data_source}` lost its connection (it was closed after a cancelled statement could not be cleaned up, or the server dropped it): the transaction was rolled back and nothing more can run in it")]
+    TransactionBroken {
+        /// The data source.
+        data_source: String,
+    },
+    /// The options of a scope contradict each other; the body did not run.
+    #[error("invalid options for scope `{scope}`: {reason}")]
+    InvalidOptions {
+        /// The scope's name.
+        scope: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Code asked for a connection where transactions are mocked out and no pool is registered.
+    #[error("transactions are mocked out here (transactional::testing::mocked, or the `mock` feature), so there is no connection for data source `{name}`: mock the repository as well, or give the test a real pool with transactional::with_data_source(\"{name}\", pool, test) to run its queries in autocommit")]
+    Mocked {
+        /// The data source.
+        name: String,
     },
     /// A savepoint statement failed.
     #[error("savepoint statement failed on `{data_source}`: {source}")]

@@ -1,7 +1,7 @@
 //! Transaction hooks: code that runs before commit, after commit, after rollback and after
 //! completion of the current transaction.
 //!
-//! Rules (DESIGN §5):
+//! Rules (docs/SEMANTICS.md, "Hooks"):
 //! - A hook attaches to the transaction current for its data source when it is registered; hooks
 //!   of joined scopes run when the owning transaction completes.
 //! - Hooks registered inside a NESTED scope are kept if its savepoint is released and
@@ -63,6 +63,9 @@ pub enum RollbackCause {
     BeforeCommitFailed,
     /// COMMIT failed on the server, which rolled the transaction back.
     CommitFailed,
+    /// The database had already rolled the transaction back when it was to be committed (on
+    /// PostgreSQL, a statement inside it failed; on MySQL, a deadlock).
+    Aborted,
     /// A connection guard outlived the scope.
     GuardOutlivedScope,
 }
@@ -78,6 +81,7 @@ impl fmt::Display for RollbackCause {
             RollbackCause::UnexpectedRollback => "a joined scope marked it rollback-only",
             RollbackCause::BeforeCommitFailed => "a before-commit hook failed",
             RollbackCause::CommitFailed => "COMMIT failed",
+            RollbackCause::Aborted => "the database had already rolled it back",
             RollbackCause::GuardOutlivedScope => "a connection guard outlived the scope",
         })
     }
@@ -212,9 +216,6 @@ impl HookList {
         Ok(())
     }
 }
-
-/// Hooks taken out of their transactions by `testing::capture_after_commit`.
-pub(crate) type HookSink = Mutex<Vec<Hook>>;
 
 /// How a finished transaction ended, for running its after-* hooks.
 #[derive(Debug, Clone, Copy)]

@@ -14,34 +14,36 @@
 //! selected inside a scope share it, while a `tokio::spawn`ed task starts with none.
 #![deny(missing_docs)]
 
-mod conn;
-mod connection;
+// In the order the data flows: what a scope asks for, the SQL and the driver seam, the
+// registry, the transaction and its connection, the task-local context, the scope itself,
+// and the API on top. docs/ARCHITECTURE.md walks through it.
+mod api;
+mod builder;
 mod context;
-mod current;
 mod data_source;
+mod detach;
 mod dialect;
+mod driver;
 mod error;
 mod events;
+mod guard;
 mod hooks;
 mod options;
 mod propagation;
 mod scope;
-mod template;
 pub mod testing;
 mod transaction;
 
-pub use connection::ConnectionGuard;
-pub use current::{
+pub use api::{
     after_commit, after_completion, after_rollback, before_commit, connection, data_source,
     is_active, is_rollback_only, set_rollback_only, DataSourceRef,
 };
-pub use data_source::{
-    deregister, register, register_default, register_with, with_data_source,
-    with_data_source_settings, DataSourceSettings,
-};
+pub use builder::Transactional;
+pub use context::{with_data_source, with_data_source_settings};
+pub use data_source::{deregister, register, register_default, register_with, DataSourceSettings};
 pub use dialect::Dialect;
 pub use error::{BoxError, Error};
 pub use events::{EventKind, ScopeEvent};
+pub use guard::ConnectionGuard;
 pub use hooks::{HookResult, Outcome, RollbackCause};
 pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
-pub use template::Transactional;

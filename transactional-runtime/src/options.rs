@@ -98,17 +98,6 @@ impl Isolation {
             Isolation::Serializable => "SERIALIZABLE",
         }
     }
-
-    /// The SQL spelling (`"READ COMMITTED"`), or `None` for [`Isolation::Default`].
-    pub const fn sql(self) -> Option<&'static str> {
-        match self {
-            Isolation::Default => None,
-            Isolation::ReadUncommitted => Some("READ UNCOMMITTED"),
-            Isolation::ReadCommitted => Some("READ COMMITTED"),
-            Isolation::RepeatableRead => Some("REPEATABLE READ"),
-            Isolation::Serializable => Some("SERIALIZABLE"),
-        }
-    }
 }
 
 impl fmt::Display for Isolation {
@@ -150,6 +139,36 @@ impl TxOptions {
         timeout: None,
         data_source: DEFAULT_DATA_SOURCE,
     };
+}
+
+impl TxOptions {
+    /// Options that can never apply are refused: isolation, read-only and timeout belong to a
+    /// transaction, and SUPPORTS, NOT_SUPPORTED and NEVER never begin one.
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        let never_begins = matches!(
+            self.propagation,
+            Propagation::Supports | Propagation::NotSupported | Propagation::Never
+        );
+        if !never_begins {
+            return Ok(());
+        }
+        let option = if self.isolation != Isolation::Default {
+            "isolation"
+        } else if self.read_only {
+            "read_only"
+        } else if self.timeout.is_some() {
+            "timeout"
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::InvalidOptions {
+            scope: self.name,
+            reason: format!(
+                "`{option}` applies to a transaction the scope begins, and propagation {} never begins one",
+                self.propagation
+            ),
+        })
+    }
 }
 
 impl Default for TxOptions {

@@ -20,15 +20,15 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::conn::{Control, TxConnection};
-use crate::context::Context;
+use crate::builder::Transactional;
+use crate::context::{Context, HookSink, Mode};
 use crate::data_source::{DataSource, DataSourceSettings, Source, MOCK_DATABASE};
 use crate::dialect::Dialect;
+use crate::driver::{Conn, TxConnection};
 use crate::error::Error;
 use crate::events::ScopeEvent;
-use crate::hooks::{run_after, Ending, Hook, HookSink, RollbackCause};
+use crate::hooks::{run_after, Ending, Hook, RollbackCause};
 use crate::options::DEFAULT_DATA_SOURCE;
-use crate::template::Transactional;
 
 /// How mocked-out transactions end, as far as hooks can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,7 +44,7 @@ pub enum MockOutcome {
 }
 
 impl MockOutcome {
-    pub(crate) fn ending(self) -> Ending {
+    fn ending(self) -> Ending {
         match self {
             MockOutcome::Commit => Ending::Committed,
             MockOutcome::Rollback => Ending::RolledBack(RollbackCause::RollbackOnly),
@@ -78,7 +78,7 @@ pub async fn mocked<F: Future>(fut: F) -> F::Output {
 /// Like [`mocked`], with hooks run as if every transaction ended with `outcome`.
 pub async fn mocked_with<F: Future>(outcome: MockOutcome, fut: F) -> F::Output {
     Context::current()
-        .with_mocked(Some(outcome))
+        .with_mode(Mode::Mocked(outcome.ending()))
         .scope(fut)
         .await
 }
@@ -130,8 +130,11 @@ pub async fn capture_after_commit<F: Future>(fut: F) -> (F::Output, CapturedHook
 /// Runs `fut` inside a transaction on the default data source that is always rolled back,
 /// whatever `fut` did, leaving the database as it was.
 ///
-/// Transactional fns called from `fut` join it (REQUIRED, SUPPORTS, MANDATORY) or nest in it
-/// (NESTED), so their work is undone with it. REQUIRES_NEW and NOT_SUPPORTED scopes escape it:
+/// A transactional fn called from `fut` that would begin a transaction of its own in
+/// production (REQUIRED, NESTED) gets a savepoint of the test transaction instead: its `Ok`
+/// releases it and its failure rolls back to it, so a scope that hits a database error (which
+/// aborts a whole transaction on PostgreSQL) leaves the rest of the test working. Everything
+/// is undone at the end. REQUIRES_NEW and NOT_SUPPORTED scopes escape it:
 /// their work is committed for real, and the test has to clean it up itself (or use its own
 /// schema or table). As the transaction never commits, after-commit hooks of joined scopes
 /// never run, as in Spring's test transactions: assert them with [`capture_after_commit`].
@@ -146,9 +149,9 @@ pub async fn rollback_after_on<F: Future>(name: &'static str, fut: F) -> Result<
     Transactional::new()
         .name("transactional::testing::rollback_after")
         .data_source(name)
-        .run(async {
+        .run_as_test_root(async {
             let output = fut.await;
-            crate::current::data_source(name).set_rollback_only();
+            crate::api::data_source(name).set_rollback_only();
             Ok(output)
         })
         .await
@@ -290,17 +293,21 @@ impl std::fmt::Debug for MockDataSource {
 struct MockSource(Arc<MockInner>);
 
 impl Source for MockSource {
-    fn acquire(&self) -> BoxFuture<'_, Result<Box<dyn TxConnection>, sqlx::Error>> {
+    fn acquire(&self) -> BoxFuture<'_, Result<Conn, sqlx::Error>> {
         let id = self.0.next_connection.fetch_add(1, Ordering::Relaxed);
         let conn = MockConnection {
             id,
             inner: self.0.clone(),
         };
-        Box::pin(async move { Ok(Box::new(conn) as Box<dyn TxConnection>) })
+        Box::pin(async move { Ok(Conn::new(Box::new(conn))) })
     }
 
     fn acquire_timeout(&self) -> Duration {
         Duration::from_secs(1)
+    }
+
+    fn run_aside(&self, _sql: String) -> BoxFuture<'static, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -310,6 +317,10 @@ impl Source for MockSource {
     fn observe(&self, event: ScopeEvent) {
         self.0.log().events.push(event);
     }
+
+    fn begins_eagerly(&self) -> bool {
+        true
+    }
 }
 
 struct MockConnection {
@@ -318,19 +329,15 @@ struct MockConnection {
 }
 
 impl TxConnection for MockConnection {
-    fn run<'a>(
-        &'a mut self,
-        dialect: Dialect,
-        control: Control<'a>,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    fn run<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         let mut log = self.inner.log();
         let mut result = Ok(());
-        for sql in control.render(dialect) {
+        for sql in sql.split("; ") {
             let failing = log
                 .failures
                 .iter()
                 .position(|f| sql.starts_with(f.as_str()));
-            log.statements.push((self.id, sql.clone()));
+            log.statements.push((self.id, sql.to_owned()));
             if let Some(at) = failing {
                 log.failures.remove(at);
                 result = Err(sqlx::Error::Protocol(format!(
@@ -342,6 +349,32 @@ impl TxConnection for MockConnection {
         Box::pin(std::future::ready(result))
     }
 
+    fn query_int<'a>(
+        &'a mut self,
+        _sql: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Option<i64>, sqlx::Error>>> {
+        None
+    }
+
+    fn reads_ints(&self) -> bool {
+        false
+    }
+
+    fn arm_interrupt(
+        &mut self,
+        _: Arc<std::sync::atomic::AtomicBool>,
+    ) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    fn disarm_interrupt(&mut self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn settle_interrupt(&mut self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -350,5 +383,5 @@ impl TxConnection for MockConnection {
         self
     }
 
-    fn discard(self: Box<Self>) {}
+    fn close(self: Box<Self>) {}
 }

@@ -1,28 +1,32 @@
-//! The connection repository code works with: the current transaction's, or a pooled one.
+//! The connection guard repository code works with: the current transaction's connection, or
+//! a pooled one in autocommit.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
 use sqlx::Database;
-use tokio::sync::OwnedMutexGuard;
 
-use crate::context::Context;
+use crate::context::{Context, Mode};
+use crate::data_source::MOCK_DATABASE;
 use crate::error::Error;
-use crate::transaction::{Slot, Transaction};
+use crate::transaction::Lease;
 
 /// A connection for repository code, from [`connection`](crate::connection) or
 /// [`DataSourceRef::connection`](crate::DataSourceRef::connection).
 ///
-/// Inside a transaction it is the transaction's connection, locked for this guard: other
-/// futures of the task that ask for it wait until the guard is dropped, so drop it before
-/// calling code that needs the connection too. Outside a transaction it is a pooled connection
-/// in autocommit. `&mut *guard` is an sqlx [`Executor`](sqlx::Executor), so `sqlx::query!` and
+/// Inside a transaction it is the transaction's connection, lent to this guard: other futures
+/// of the task that ask for it wait until the guard is dropped, so drop it before calling code
+/// that needs the connection too. Outside a transaction it is a pooled connection in
+/// autocommit. `&mut *guard` is an sqlx [`Executor`](sqlx::Executor), so `sqlx::query!` and
 /// friends work on it unchanged.
 ///
+/// Do not call `begin()`, `commit()` or `rollback()` on it: the transaction belongs to its
+/// scope (use a `NESTED` scope for a savepoint). A transaction ended that way is reported as
+/// [`Error::Aborted`] when its scope tries to commit.
+///
 /// # Panics
-/// Dereferencing a guard whose transaction has already ended panics with "transaction already
+/// Dereferencing a guard whose scope has already ended panics with "transaction already
 /// finished": the guard outlived its scope (it was returned from the body or moved into a
 /// spawned task), and its work would otherwise be lost silently.
 pub struct ConnectionGuard<DB: Database> {
@@ -30,11 +34,7 @@ pub struct ConnectionGuard<DB: Database> {
 }
 
 enum Inner<DB: Database> {
-    // Field order matters: the lock is released before the transaction may be dropped.
-    InTransaction {
-        slot: OwnedMutexGuard<Slot>,
-        tx: Arc<Transaction>,
-    },
+    InTransaction(Lease),
     Pooled(PoolConnection<DB>),
 }
 
@@ -43,7 +43,7 @@ const FINISHED: &str = "transaction already finished: this connection guard outl
 impl<DB: Database> ConnectionGuard<DB> {
     /// Whether this guard is the connection of a transaction (and not a pooled autocommit one).
     pub fn in_transaction(&self) -> bool {
-        matches!(self.inner, Inner::InTransaction { .. })
+        matches!(self.inner, Inner::InTransaction(_))
     }
 }
 
@@ -53,10 +53,12 @@ impl<DB: Database> Deref for ConnectionGuard<DB> {
     fn deref(&self) -> &DB::Connection {
         match &self.inner {
             Inner::Pooled(conn) => conn,
-            Inner::InTransaction { slot, tx } => {
-                assert!(!tx.is_finished(), "{FINISHED}");
-                slot.conn()
-                    .and_then(|c| c.as_any().downcast_ref::<PoolConnection<DB>>())
+            Inner::InTransaction(lease) => {
+                assert!(!lease.is_finished(), "{FINISHED}");
+                lease
+                    .conn()
+                    .as_any()
+                    .downcast_ref::<PoolConnection<DB>>()
                     .expect("checked when the guard was made")
             }
         }
@@ -67,10 +69,12 @@ impl<DB: Database> DerefMut for ConnectionGuard<DB> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
         match &mut self.inner {
             Inner::Pooled(conn) => conn,
-            Inner::InTransaction { slot, tx } => {
-                assert!(!tx.is_finished(), "{FINISHED}");
-                slot.conn_mut()
-                    .and_then(|c| c.as_any_mut().downcast_mut::<PoolConnection<DB>>())
+            Inner::InTransaction(lease) => {
+                assert!(!lease.is_finished(), "{FINISHED}");
+                lease
+                    .conn_mut()
+                    .as_any_mut()
+                    .downcast_mut::<PoolConnection<DB>>()
                     .expect("checked when the guard was made")
             }
         }
@@ -91,27 +95,28 @@ pub(crate) async fn acquire<DB: Database>(data_source: &str) -> Result<Connectio
     let ctx = Context::current();
     let inner = match ctx.frame(data_source) {
         Some(frame) => {
-            let tx = frame.tx().clone();
-            let slot = tx.lock().await?;
-            let typed = slot
-                .conn()
-                .is_some_and(|c| c.as_any().is::<PoolConnection<DB>>());
-            if !typed {
-                if tx.data_source.database == crate::data_source::MOCK_DATABASE {
-                    return Err(Error::MockConnection {
-                        name: data_source.to_owned(),
-                    });
-                }
-                return Err(Error::WrongDatabase {
+            let tx = frame.tx();
+            let database = tx.data_source.database;
+            if database != DB::NAME && database != MOCK_DATABASE {
+                return Err(wrong_database::<DB>(data_source, database));
+            }
+            // The recording mock begins its transaction here too, so that it records what the
+            // database would have received.
+            let lease = tx.lend(frame).await?;
+            if database == MOCK_DATABASE {
+                return Err(Error::MockConnection {
                     name: data_source.to_owned(),
-                    expected: DB::NAME,
-                    actual: tx.data_source.database,
                 });
             }
-            Inner::InTransaction { slot, tx }
+            Inner::InTransaction(lease)
         }
         None => {
-            let ds = ctx.data_source(data_source)?;
+            let ds = match ctx.data_source(data_source) {
+                Err(Error::NoDataSource { name }) if matches!(ctx.mode(), Mode::Mocked(_)) => {
+                    return Err(Error::Mocked { name })
+                }
+                found => found?,
+            };
             let pool = ds.pool::<DB>()?;
             Inner::Pooled(pool.acquire().await.map_err(|source| Error::Acquire {
                 data_source: data_source.to_owned(),
@@ -121,4 +126,12 @@ pub(crate) async fn acquire<DB: Database>(data_source: &str) -> Result<Connectio
         }
     };
     Ok(ConnectionGuard { inner })
+}
+
+fn wrong_database<DB: Database>(name: &str, actual: &'static str) -> Error {
+    Error::WrongDatabase {
+        name: name.to_owned(),
+        expected: DB::NAME,
+        actual,
+    }
 }

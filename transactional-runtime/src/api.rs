@@ -1,16 +1,15 @@
-//! What code inside a scope can ask of the current transaction: its connection, whether there
-//! is one, rollback-only, and hooks.
+//! The public API code inside a scope uses: the current connection, whether a transaction is
+//! active, rollback-only, and hooks, for the current data source or one named.
 
 use std::future::Future;
 
 use sqlx::Database;
 
-use crate::connection::{acquire, ConnectionGuard};
-use crate::context::Context;
+use crate::context::{Context, Mode};
 use crate::error::{BoxError, Error};
+use crate::events::EventKind;
+use crate::guard::{acquire, ConnectionGuard};
 use crate::hooks::{run_after, Ending, Hook, HookResult, Outcome, RollbackCause};
-use crate::options::DEFAULT_DATA_SOURCE;
-use crate::scope::register_hook;
 
 /// The current transaction of one data source, as seen from this task.
 ///
@@ -34,9 +33,14 @@ pub fn data_source(name: &str) -> DataSourceRef<'_> {
     DataSourceRef { name }
 }
 
-const DEFAULT: DataSourceRef<'static> = DataSourceRef {
-    name: DEFAULT_DATA_SOURCE,
-};
+/// Runs `f` on the current data source: the innermost scope's (`data_source = "…"`), or
+/// `"default"` outside any scope.
+fn current<R>(f: impl FnOnce(DataSourceRef<'_>) -> R) -> R {
+    let ctx = Context::current();
+    f(DataSourceRef {
+        name: ctx.current_data_source(),
+    })
+}
 
 impl DataSourceRef<'_> {
     /// The data source's name.
@@ -58,7 +62,7 @@ impl DataSourceRef<'_> {
     pub fn is_active(&self) -> bool {
         Context::current()
             .frame(self.name)
-            .is_some_and(|f| !f.tx().is_finished())
+            .is_some_and(|f| !f.level.is_ended())
     }
 
     /// Whether this scope's transaction is marked rollback-only: by this scope's own
@@ -93,12 +97,7 @@ impl DataSourceRef<'_> {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        match register_hook(self.name, Hook::before_commit(hook)) {
-            Some((Hook::BeforeCommit(run), Ending::Committed)) => {
-                run().await.map_err(Error::BeforeCommit)
-            }
-            _ => Ok(()),
-        }
+        run_before_commit_now(register_hook(self.name, Hook::before_commit(hook))).await
     }
 
     /// Runs `hook` once the current transaction has committed, after its connection is back in
@@ -144,62 +143,110 @@ async fn run_now(unattached: Option<(Hook, Ending)>) {
     }
 }
 
-/// The connection of the default data source: see [`DataSourceRef::connection`].
+/// The connection to run queries on, for the current data source (the innermost scope's,
+/// `"default"` outside any scope): see [`DataSourceRef::connection`].
 pub async fn connection<DB: Database>() -> Result<ConnectionGuard<DB>, Error> {
-    DEFAULT.connection().await
+    let name = Context::current().current_data_source().to_owned();
+    acquire(&name).await
 }
 
-/// Whether a transaction is current on the default data source: see [`DataSourceRef::is_active`].
+/// Whether a transaction is current on the current data source: see
+/// [`DataSourceRef::is_active`].
 pub fn is_active() -> bool {
-    DEFAULT.is_active()
+    current(|ds| ds.is_active())
 }
 
-/// See [`DataSourceRef::is_rollback_only`], for the default data source.
+/// See [`DataSourceRef::is_rollback_only`], for the current data source.
 pub fn is_rollback_only() -> bool {
-    DEFAULT.is_rollback_only()
+    current(|ds| ds.is_rollback_only())
 }
 
-/// See [`DataSourceRef::set_rollback_only`], for the default data source.
+/// See [`DataSourceRef::set_rollback_only`], for the current data source.
 pub fn set_rollback_only() {
-    DEFAULT.set_rollback_only()
+    current(|ds| ds.set_rollback_only())
 }
 
-/// See [`DataSourceRef::before_commit`], for the default data source.
+/// See [`DataSourceRef::before_commit`], for the current data source.
 pub async fn before_commit<F, Fut, E>(hook: F) -> Result<(), Error>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError>,
 {
-    DEFAULT.before_commit(hook).await
+    let unattached = current(|ds| register_hook(ds.name, Hook::before_commit(hook)));
+    run_before_commit_now(unattached).await
 }
 
-/// See [`DataSourceRef::after_commit`], for the default data source.
+/// See [`DataSourceRef::after_commit`], for the current data source.
 pub async fn after_commit<F, Fut>(hook: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: HookResult,
 {
-    DEFAULT.after_commit(hook).await
+    run_now(current(|ds| {
+        register_hook(ds.name, Hook::after_commit(hook))
+    }))
+    .await;
 }
 
-/// See [`DataSourceRef::after_rollback`], for the default data source.
+/// See [`DataSourceRef::after_rollback`], for the current data source.
 pub async fn after_rollback<F, Fut>(hook: F)
 where
     F: FnOnce(RollbackCause) -> Fut + Send + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: HookResult,
 {
-    DEFAULT.after_rollback(hook).await
+    run_now(current(|ds| {
+        register_hook(ds.name, Hook::after_rollback(hook))
+    }))
+    .await;
 }
 
-/// See [`DataSourceRef::after_completion`], for the default data source.
+/// See [`DataSourceRef::after_completion`], for the current data source.
 pub async fn after_completion<F, Fut>(hook: F)
 where
     F: FnOnce(Outcome) -> Fut + Send + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: HookResult,
 {
-    DEFAULT.after_completion(hook).await
+    run_now(current(|ds| {
+        register_hook(ds.name, Hook::after_completion(hook))
+    }))
+    .await;
+}
+
+/// Registers `hook` on the transaction current for `data_source`. Returns the hook with the
+/// ending to run it with at once when there is no transaction (or transactions are mocked
+/// out); `None` when the transaction took it, or a `testing::capture_after_commit` did.
+fn register_hook(data_source: &str, hook: Hook) -> Option<(Hook, Ending)> {
+    let ctx = Context::current();
+    if let (Some(sink), Hook::AfterCommit(_)) = (ctx.capture(), &hook) {
+        sink.lock().unwrap_or_else(|e| e.into_inner()).push(hook);
+        return None;
+    }
+    if let Mode::Mocked(ending) = ctx.mode() {
+        return Some((hook, ending));
+    }
+    match ctx.frame(data_source) {
+        Some(frame) if !frame.level.is_ended() => {
+            let kind = hook.kind();
+            frame.level.hooks.push(hook);
+            frame
+                .tx()
+                .data_source
+                .emit(&frame.options, EventKind::HookRegistered { hook: kind });
+            None
+        }
+        _ => Some((hook, Ending::Committed)),
+    }
+}
+
+async fn run_before_commit_now(unattached: Option<(Hook, Ending)>) -> Result<(), Error> {
+    match unattached {
+        Some((Hook::BeforeCommit(run), Ending::Committed)) => {
+            run().await.map_err(Error::BeforeCommit)
+        }
+        _ => Ok(()),
+    }
 }

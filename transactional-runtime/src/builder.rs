@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::options::{Isolation, Propagation, TxOptions};
-use crate::scope;
+use crate::scope::Scope;
 
 /// Runs a future as a transactional scope: Spring's `TransactionTemplate`.
 ///
@@ -74,8 +74,10 @@ impl Transactional {
         self
     }
 
-    /// Gives the scope a hard deadline: past it the body is cancelled, the transaction rolled
-    /// back and [`Error::Timeout`] returned.
+    /// Gives the scope a hard deadline, from its start: past it the statement running is
+    /// cancelled on the server, the body is dropped, the transaction rolled back and
+    /// [`Error::Timeout`] returned. Before-commit hooks and COMMIT count against it.
+    /// `Duration::MAX` (or any timeout past the end of time) means none.
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);
         self
@@ -88,24 +90,39 @@ impl Transactional {
     }
 
     /// Runs `body` in the scope: every `Err` rolls back.
-    pub async fn run<F, T, E>(self, body: F) -> Result<T, E>
+    ///
+    /// Options that contradict each other (isolation, read-only or a timeout with a
+    /// propagation that never begins a transaction) fail with [`Error::InvalidOptions`]
+    /// without running the body.
+    pub fn run<F, T, E>(self, body: F) -> impl Future<Output = Result<T, E>>
     where
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
-        // Boxed: a scope's state is large, and scopes nest; on the heap each layer costs the
-        // caller's stack one pointer instead of the whole nested future.
-        Box::pin(scope::execute(&self.options, None::<fn(&E) -> bool>, body)).await
+        Scope::new(self.options, None::<fn(&E) -> bool>, body)
     }
 
     /// Runs `body` in the scope, committing instead of rolling back when it returns an `Err`
     /// for which `commit_on` is true (Spring's `noRollbackFor`). The error is still returned.
-    pub async fn run_with_no_rollback_for<F, T, E, P>(self, commit_on: P, body: F) -> Result<T, E>
+    pub fn run_with_no_rollback_for<F, T, E, P>(
+        self,
+        commit_on: P,
+        body: F,
+    ) -> impl Future<Output = Result<T, E>>
     where
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
         P: Fn(&E) -> bool,
     {
-        Box::pin(scope::execute(&self.options, Some(commit_on), body)).await
+        Scope::new(self.options, Some(commit_on), body)
+    }
+
+    /// The scope of `testing::rollback_after`.
+    pub(crate) fn run_as_test_root<F, T, E>(self, body: F) -> impl Future<Output = Result<T, E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        Scope::new(self.options, None::<fn(&E) -> bool>, body).test_root()
     }
 }

@@ -1,0 +1,509 @@
+//! The end of a scope: from how its body ended to COMMIT, ROLLBACK, RELEASE or ROLLBACK TO,
+//! the rollback-only mark of a joined transaction, and the hooks. Nothing here is generic over
+//! the body: the end is one boxed `'static` future, so it can move to a task of its own when the
+//! scope is dropped half-way and finish there, in order (see `detach`).
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::time::{Instant, Sleep};
+
+use super::start::{Running, What};
+use crate::context::Context;
+use crate::detach::Detachable;
+use crate::error::Error;
+use crate::events::EventKind;
+use crate::hooks::{run_after, Ending, RollbackCause};
+use crate::options::TxOptions;
+use crate::transaction::{Finished, Frame, Level, Role, SavepointEnd};
+
+/// How long after its deadline a scope may take to stop its statement and roll back before
+/// the caller gets `Error::Timeout` anyway (the rollback then finishes on its own).
+const DEADLINE_GRACE: Duration = Duration::from_millis(80);
+
+/// How a scope's body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyEnd {
+    Ok,
+    /// `commits`: a `no_rollback_for` rule says this error commits.
+    Err {
+        commits: bool,
+    },
+    Panic,
+    Timeout,
+    /// The scope's future was dropped.
+    Cancelled,
+}
+
+/// What the end of a scope tells its caller, beyond the body's own output.
+#[derive(Default)]
+pub(super) struct Report {
+    /// Returned instead of the body's output.
+    pub(super) error: Option<Error>,
+    /// A before-commit hook panicked: resumed once the transaction has rolled back.
+    pub(super) panic: Option<Box<dyn Any + Send>>,
+}
+
+impl Report {
+    fn error(error: Option<Error>) -> Report {
+        Report { error, panic: None }
+    }
+}
+
+/// The end of a scope, under way.
+pub(super) enum ScopeEnd {
+    Ready(Option<Report>),
+    Running(RunningEnd),
+}
+
+const PHASE_ENDING: u8 = 0;
+const PHASE_COMMITTING: u8 = 1;
+const PHASE_ROLLING_BACK_AFTER_TIMEOUT: u8 = 2;
+const PHASE_HOOKS: u8 = 3;
+
+/// An end that talks to the database or runs hooks.
+pub(super) struct RunningEnd {
+    work: Option<Detachable<Report>>,
+    phase: Arc<AtomicU8>,
+    detached: Arc<AtomicBool>,
+    /// Past it, a scope still rolling back after its deadline returns `Error::Timeout`, and one
+    /// whose COMMIT is unanswered returns an unknown outcome; the work goes on by itself.
+    cutoff: Option<Pin<Box<Sleep>>>,
+    options: TxOptions,
+}
+
+impl ScopeEnd {
+    pub(super) fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<Report> {
+        match self {
+            ScopeEnd::Ready(report) => Poll::Ready(report.take().unwrap_or_default()),
+            ScopeEnd::Running(end) => end.poll(cx),
+        }
+    }
+}
+
+impl RunningEnd {
+    fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<Report> {
+        let work = self.work.as_mut().expect("polled after completion");
+        if let Poll::Ready(report) = Pin::new(work).poll(cx) {
+            self.work = None;
+            return Poll::Ready(report);
+        }
+        if let Some(cutoff) = &mut self.cutoff {
+            if cutoff.as_mut().poll(cx).is_ready() {
+                self.cutoff = None;
+                let error = match self.phase.load(Ordering::Acquire) {
+                    PHASE_COMMITTING => Some(Error::Commit {
+                        outcome_unknown: true,
+                        source: sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "COMMIT was not answered before the scope's deadline",
+                        )),
+                    }),
+                    PHASE_ROLLING_BACK_AFTER_TIMEOUT => Some(Error::Timeout {
+                        scope: self.options.name,
+                        timeout: self.options.timeout.unwrap_or_default(),
+                    }),
+                    _ => None,
+                };
+                if let Some(error) = error {
+                    self.detach();
+                    return Poll::Ready(Report::error(Some(error)));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn detach(&mut self) {
+        if let Some(work) = self.work.take() {
+            self.detached.store(true, Ordering::Release);
+            work.detach();
+        }
+    }
+}
+
+impl Drop for RunningEnd {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// What an end needs, owned, so that it can finish on a task of its own.
+struct End {
+    frame: Arc<Frame>,
+    outer: Context,
+    body_ctx: Context,
+    options: TxOptions,
+    body: BodyEnd,
+    deadline: Option<Instant>,
+    suspended: bool,
+    phase: Arc<AtomicU8>,
+    detached: Arc<AtomicBool>,
+}
+
+/// What to do with a transaction or savepoint.
+enum Verdict {
+    Commit,
+    Rollback(RollbackCause, Option<Error>),
+}
+
+impl Running {
+    /// The end of a scope whose body ended (or ran past its deadline, or panicked). `cancel`
+    /// stops a statement cut off at the deadline.
+    pub(super) fn end(self, body: BodyEnd, cancel: Option<BoxFuture<'static, ()>>) -> ScopeEnd {
+        let timeout = (body == BodyEnd::Timeout).then(|| self.timeout_error());
+        let deadline = self.deadline.as_ref().map(|(at, _)| *at);
+        let options = self.options;
+        let (frame, suspended) = match self.what {
+            What::Mocked => return ScopeEnd::Ready(Some(Report::error(timeout))),
+            What::Without {
+                data_source,
+                suspended,
+            } => {
+                if suspended {
+                    data_source.emit(&self.options, EventKind::Resumed);
+                }
+                return ScopeEnd::Ready(Some(Report::error(timeout)));
+            }
+            What::Tx { frame, suspended } => (frame, suspended),
+        };
+        if frame.role == Role::Participant {
+            // A joined scope ends without a statement: its failure marks the transaction.
+            if matches!(
+                body,
+                BodyEnd::Err { commits: false } | BodyEnd::Panic | BodyEnd::Timeout
+            ) {
+                frame.level.mark_rollback_only();
+            }
+            let Some(cancel) = cancel else {
+                return ScopeEnd::Ready(Some(Report::error(timeout)));
+            };
+            let work = async move {
+                cancel.await;
+                Report::error(timeout)
+            };
+            let phase = Arc::new(AtomicU8::new(PHASE_ROLLING_BACK_AFTER_TIMEOUT));
+            return ScopeEnd::Running(running_end(work, phase, Arc::default(), deadline, options));
+        }
+        let phase = if body == BodyEnd::Timeout {
+            PHASE_ROLLING_BACK_AFTER_TIMEOUT
+        } else {
+            PHASE_ENDING
+        };
+        let phase = Arc::new(AtomicU8::new(phase));
+        let detached = Arc::new(AtomicBool::new(false));
+        let end = End {
+            frame,
+            outer: self.outer.clone(),
+            body_ctx: self.body_ctx.clone(),
+            options: self.options,
+            body,
+            deadline,
+            suspended,
+            phase: phase.clone(),
+            detached: detached.clone(),
+        };
+        let work: BoxFuture<'static, Report> = match end.frame.role {
+            Role::Savepoint => Box::pin(end.savepoint(cancel)),
+            _ => Box::pin(end.owner(cancel)),
+        };
+        ScopeEnd::Running(running_end(work, phase, detached, deadline, options))
+    }
+
+    /// The scope's future was dropped while its body ran (the body is already dropped).
+    pub(super) fn abandon(self, cancel: Option<BoxFuture<'static, ()>>) {
+        match self.what {
+            What::Mocked => {}
+            What::Without {
+                data_source,
+                suspended,
+            } => {
+                if suspended {
+                    data_source.emit(&self.options, EventKind::Resumed);
+                }
+            }
+            What::Tx { frame, suspended } => match frame.role {
+                Role::Participant => frame.level.mark_rollback_only(),
+                Role::Savepoint => {
+                    frame.tx().abandon_savepoint(&frame.level);
+                    frame.tx().data_source.emit(
+                        &self.options,
+                        EventKind::RolledBackToSavepoint {
+                            savepoint: frame.level.savepoint.clone().unwrap_or_default(),
+                        },
+                    );
+                }
+                Role::Owner => {
+                    let end = End {
+                        frame,
+                        outer: self.outer,
+                        body_ctx: self.body_ctx,
+                        options: self.options,
+                        body: BodyEnd::Cancelled,
+                        deadline: None,
+                        suspended,
+                        phase: Arc::default(),
+                        detached: Arc::new(AtomicBool::new(true)),
+                    };
+                    Detachable::new(end.owner(cancel)).detach();
+                }
+            },
+        }
+    }
+}
+
+fn running_end(
+    work: impl Future<Output = Report> + Send + 'static,
+    phase: Arc<AtomicU8>,
+    detached: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+    options: TxOptions,
+) -> RunningEnd {
+    let cutoff = deadline.map(|at| {
+        let from = at.max(Instant::now());
+        Box::pin(tokio::time::sleep_until(from + DEADLINE_GRACE))
+    });
+    RunningEnd {
+        work: Some(Detachable::new(work)),
+        phase,
+        detached,
+        cutoff,
+        options,
+    }
+}
+
+impl End {
+    fn emit(&self, kind: EventKind) {
+        self.frame.tx().data_source.emit(&self.options, kind);
+    }
+
+    fn timeout_error(&self) -> Error {
+        Error::Timeout {
+            scope: self.options.name,
+            timeout: self.options.timeout.unwrap_or_default(),
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        let frame = &self.frame;
+        match self.body {
+            BodyEnd::Ok if frame.is_rollback_only() => rollback_only(frame),
+            BodyEnd::Ok => Verdict::Commit,
+            BodyEnd::Err { commits: true } if !frame.is_rollback_only() => Verdict::Commit,
+            BodyEnd::Err { .. } => Verdict::Rollback(RollbackCause::Error, None),
+            BodyEnd::Panic => Verdict::Rollback(RollbackCause::Panic, None),
+            BodyEnd::Timeout => {
+                Verdict::Rollback(RollbackCause::Timeout, Some(self.timeout_error()))
+            }
+            BodyEnd::Cancelled => Verdict::Rollback(RollbackCause::Cancelled, None),
+        }
+    }
+
+    /// The end of a scope that began its transaction.
+    async fn owner(self, cancel: Option<BoxFuture<'static, ()>>) -> Report {
+        if let Some(cancel) = cancel {
+            cancel.await;
+        }
+        let frame = self.frame.clone();
+        let tx = frame.tx().clone();
+        let mut panic = None;
+        let mut verdict = self.verdict();
+        if let Verdict::Commit = verdict {
+            verdict = match self.before_commit().await {
+                Ok(()) if frame.is_rollback_only() => rollback_only(&frame),
+                Ok(()) => Verdict::Commit,
+                Err(BeforeCommit::Failed(error)) => {
+                    Verdict::Rollback(RollbackCause::BeforeCommitFailed, Some(error))
+                }
+                Err(BeforeCommit::Panicked(payload)) => {
+                    panic = Some(payload);
+                    Verdict::Rollback(RollbackCause::Panic, None)
+                }
+                Err(BeforeCommit::TimedOut) => {
+                    Verdict::Rollback(RollbackCause::Timeout, Some(self.timeout_error()))
+                }
+            };
+        }
+        let scope = self.options.name;
+        let (ending, error) = match verdict {
+            Verdict::Commit => {
+                let phase = self.phase.clone();
+                let committing = move || phase.store(PHASE_COMMITTING, Ordering::Release);
+                match tx.finish(true, self.deadline, committing).await {
+                    Finished::Committed => (Ending::Committed, None),
+                    Finished::NotCommitted(error, cause) => {
+                        (Ending::RolledBack(cause), Some(error))
+                    }
+                    Finished::TimedOut => (
+                        Ending::RolledBack(RollbackCause::Timeout),
+                        Some(self.timeout_error()),
+                    ),
+                    Finished::GuardOutlived => (
+                        Ending::RolledBack(RollbackCause::GuardOutlivedScope),
+                        Some(Error::GuardOutlivedScope { scope }),
+                    ),
+                    Finished::Unknown(error) => (Ending::Unknown, Some(error)),
+                    Finished::RolledBack => (Ending::RolledBack(RollbackCause::CommitFailed), None),
+                }
+            }
+            Verdict::Rollback(cause, error) => match tx.finish(false, None, || {}).await {
+                Finished::GuardOutlived => (
+                    Ending::RolledBack(RollbackCause::GuardOutlivedScope),
+                    Some(Error::GuardOutlivedScope { scope }),
+                ),
+                _ => (Ending::RolledBack(cause), error),
+            },
+        };
+        self.emit(match ending {
+            Ending::Committed => EventKind::Committed,
+            Ending::RolledBack(cause) => EventKind::RolledBack { cause },
+            Ending::Unknown => EventKind::CommitFailed,
+        });
+        if self.suspended {
+            self.emit(EventKind::Resumed);
+        }
+        self.phase.store(PHASE_HOOKS, Ordering::Release);
+        self.after(&frame.level, ending).await;
+        Report { error, panic }
+    }
+
+    /// Runs the before-commit hooks inside the transaction, within the deadline.
+    async fn before_commit(&self) -> Result<(), BeforeCommit> {
+        let level = &self.frame.level;
+        let mut hooks = Box::pin(
+            AssertUnwindSafe(
+                self.body_ctx
+                    .in_this_task()
+                    .scope(level.hooks.run_before_commit()),
+            )
+            .catch_unwind(),
+        );
+        let ran = match self.deadline {
+            None => Some(hooks.as_mut().await),
+            Some(deadline) => {
+                let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+                std::future::poll_fn(|cx| {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    hooks.as_mut().poll(cx).map(Some)
+                })
+                .await
+            }
+        };
+        match ran {
+            Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(error))) => Err(BeforeCommit::Failed(error)),
+            Some(Err(payload)) => Err(BeforeCommit::Panicked(payload)),
+            None => {
+                let cancel = self.frame.tx().interrupt(&self.frame);
+                drop(hooks);
+                if let Some(cancel) = cancel {
+                    cancel.await;
+                }
+                Err(BeforeCommit::TimedOut)
+            }
+        }
+    }
+
+    /// The end of a NESTED scope: RELEASE its savepoint, or roll back to it.
+    async fn savepoint(self, cancel: Option<BoxFuture<'static, ()>>) -> Report {
+        if let Some(cancel) = cancel {
+            cancel.await;
+        }
+        let frame = self.frame.clone();
+        let level = &frame.level;
+        let parent = level
+            .parent
+            .as_ref()
+            .expect("a savepoint has an enclosing level");
+        let mut verdict = self.verdict();
+        if let Verdict::Commit = verdict {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                verdict = Verdict::Rollback(RollbackCause::Timeout, Some(self.timeout_error()));
+            }
+        }
+        let (release, verdict_error) = match verdict {
+            Verdict::Commit => (true, None),
+            Verdict::Rollback(_, error) => (false, error),
+        };
+        let ended = frame.tx().end_savepoint(&frame, release).await;
+        let savepoint = level.savepoint.clone().unwrap_or_default();
+        let error = match ended {
+            SavepointEnd::Done if release => {
+                self.emit(EventKind::SavepointReleased { savepoint });
+                level.hooks.move_into(&parent.hooks);
+                return Report::default();
+            }
+            SavepointEnd::Done => verdict_error,
+            SavepointEnd::GuardOutlived => Some(Error::GuardOutlivedScope {
+                scope: self.options.name,
+            }),
+            SavepointEnd::RolledBackInstead(source) => Some(Error::Aborted {
+                data_source: frame.tx().data_source.name.to_string(),
+                source,
+            }),
+            SavepointEnd::Failed(error) => {
+                tracing::error!(target: "transactional", scope = self.options.name, %error, "ending a savepoint failed; the enclosing transaction is marked rollback-only");
+                parent.mark_rollback_only();
+                if self.body == BodyEnd::Ok && verdict_error.is_none() {
+                    Some(error)
+                } else {
+                    verdict_error
+                }
+            }
+        };
+        // Rolled back to: its hooks (and those of savepoints inside it) are discarded.
+        drop(level.hooks.take());
+        self.emit(EventKind::RolledBackToSavepoint { savepoint });
+        Report::error(error)
+    }
+
+    /// Runs the after-* hooks of a finished transaction, with no transaction current on its
+    /// data source, in the context the scope was called from (with no transaction at all when
+    /// the end finishes on a task of its own, after the caller has moved on).
+    async fn after(&self, level: &Level, ending: Ending) {
+        let hooks = level.hooks.take();
+        if hooks.is_empty() {
+            return;
+        }
+        let outer = if self.detached.load(Ordering::Acquire) {
+            self.outer.without_transactions()
+        } else {
+            self.outer.in_this_task()
+        };
+        let data_source = &self.frame.tx().data_source;
+        let ctx = outer.for_scope(&data_source.name, None, None);
+        let options = self.options;
+        let ran = |hook| data_source.emit(&options, EventKind::HookRan { hook });
+        ctx.scope(run_after(hooks, ending, self.options.name, &ran))
+            .await;
+    }
+}
+
+enum BeforeCommit {
+    Failed(Error),
+    Panicked(Box<dyn Any + Send>),
+    TimedOut,
+}
+
+/// The scope asked for the rollback itself: its `Ok` stands. A participant marked it: the
+/// caller must not believe the work was saved.
+fn rollback_only(frame: &Frame) -> Verdict {
+    if frame.rollback_requested() {
+        Verdict::Rollback(RollbackCause::RollbackOnly, None)
+    } else {
+        Verdict::Rollback(
+            RollbackCause::UnexpectedRollback,
+            Some(Error::UnexpectedRollback),
+        )
+    }
+}

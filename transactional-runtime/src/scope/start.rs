@@ -1,0 +1,215 @@
+//! The start of a scope: decide what it does with the current transaction (begin, join,
+//! nest, suspend, run without, refuse) and build the context its body runs in. Nothing is sent
+//! to the database here: BEGIN and SAVEPOINT wait for the first use of the connection.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::time::{Instant, Sleep};
+
+use crate::context::{Context, Mode};
+use crate::data_source::DataSource;
+use crate::error::Error;
+use crate::events::EventKind;
+use crate::options::{Isolation, TxOptions};
+use crate::propagation::{decide, Decision};
+use crate::transaction::{Frame, Level, Role, Transaction};
+
+/// A scope whose body runs.
+pub(crate) struct Running {
+    pub(super) options: TxOptions,
+    /// The context the scope started in (its caller's).
+    pub(super) outer: Context,
+    /// The context its body runs in.
+    pub(super) body_ctx: Context,
+    pub(super) what: What,
+    /// The scope's own deadline, and the timer that enforces it.
+    pub(super) deadline: Option<(Instant, Pin<Box<Sleep>>)>,
+}
+
+pub(super) enum What {
+    /// Transactions are mocked out: the body just runs.
+    Mocked,
+    /// No transaction (SUPPORTS, NOT_SUPPORTED, NEVER): the body's queries autocommit.
+    Without {
+        data_source: Arc<DataSource>,
+        suspended: bool,
+    },
+    /// The body runs in a transaction: one it began, a savepoint it nests, or one it joined.
+    Tx { frame: Arc<Frame>, suspended: bool },
+}
+
+impl Running {
+    /// Decides, and builds the body's context. Fails (without running the body) on invalid
+    /// options, an unknown data source, MANDATORY without and NEVER with a transaction.
+    pub(crate) fn start(options: &TxOptions, test_root: bool) -> Result<Running, Error> {
+        options.validate()?;
+        let outer = Context::current();
+        if let Mode::Mocked(_) = outer.mode() {
+            return Ok(Running {
+                options: *options,
+                body_ctx: outer.clone(),
+                outer,
+                what: What::Mocked,
+                deadline: None,
+            });
+        }
+        let data_source = outer.data_source(options.data_source)?;
+        let own_deadline = options
+            .timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        let deadline = match (outer.deadline(), own_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let current = outer.frame(options.data_source).cloned();
+        let mut decision = decide(options.propagation, current.is_some());
+        if decision == Decision::Join && current.as_ref().is_some_and(|f| f.test_root) {
+            // Inside `testing::rollback_after`, a scope that would begin a transaction of its
+            // own in production gets a savepoint, so its failure undoes only its own work.
+            decision = Decision::Nest;
+        }
+        let emit = |kind| data_source.emit(options, kind);
+        let what = match (decision, current) {
+            (Decision::Refuse, _) => {
+                emit(EventKind::Refused);
+                return Err(Error::propagation_refused(
+                    options.propagation,
+                    options.data_source,
+                    options.name,
+                ));
+            }
+            (Decision::RunWithout, current) => {
+                if current.is_some() {
+                    emit(EventKind::Suspended);
+                }
+                emit(EventKind::RanWithout);
+                What::Without {
+                    data_source: data_source.clone(),
+                    suspended: current.is_some(),
+                }
+            }
+            (Decision::Begin, current) => {
+                if current.is_some() {
+                    emit(EventKind::Suspended);
+                }
+                emit(EventKind::Began);
+                let tx = Transaction::new(data_source.clone(), *options, current.is_some());
+                let tx = Arc::new(tx);
+                let level = Arc::new(Level::root(tx));
+                let mut frame = Frame::new(level, Role::Owner, *options, None, deadline);
+                frame.test_root = test_root;
+                What::Tx {
+                    frame: Arc::new(frame),
+                    suspended: current.is_some(),
+                }
+            }
+            (Decision::Join, Some(current)) => {
+                check_join(options, &data_source, current.tx())?;
+                emit(EventKind::Joined);
+                let level = current.level.clone();
+                let frame = Frame::new(level, Role::Participant, *options, Some(current), deadline);
+                What::Tx {
+                    frame: Arc::new(frame),
+                    suspended: false,
+                }
+            }
+            (Decision::Nest, Some(current)) => {
+                if current.level.is_rollback_only() {
+                    return Err(Error::RollbackOnlySavepoint {
+                        scope: options.name,
+                    });
+                }
+                let level = Arc::new(Level::savepoint(current.level.clone()));
+                emit(EventKind::Nested {
+                    savepoint: level.savepoint.clone().unwrap_or_default(),
+                });
+                let frame = Frame::new(level, Role::Savepoint, *options, Some(current), deadline);
+                What::Tx {
+                    frame: Arc::new(frame),
+                    suspended: false,
+                }
+            }
+            (Decision::Join | Decision::Nest, None) => {
+                unreachable!("decide() joins or nests only an existing transaction")
+            }
+        };
+        let frame = match &what {
+            What::Tx { frame, .. } => Some(frame.clone()),
+            _ => None,
+        };
+        if let Some(frame) = frame
+            .as_ref()
+            .filter(|_| data_source.source.begins_eagerly())
+        {
+            // The recording mock answers at once; a lease is given straight back.
+            let _ = frame.tx().lend(frame).now_or_never();
+        }
+        let body_ctx = outer.for_scope(&data_source.name, frame, own_deadline);
+        Ok(Running {
+            options: *options,
+            outer,
+            body_ctx,
+            what,
+            deadline: own_deadline.map(|at| (at, Box::pin(tokio::time::sleep_until(at)))),
+        })
+    }
+
+    pub(super) fn frame(&self) -> Option<&Arc<Frame>> {
+        match &self.what {
+            What::Tx { frame, .. } => Some(frame),
+            _ => None,
+        }
+    }
+
+    /// Stops a statement of this scope that may be running, before its body is dropped: at
+    /// its deadline, or (for a scope that began a transaction) when it is cancelled.
+    pub(super) fn interrupt(&self, timed_out: bool) -> Option<BoxFuture<'static, ()>> {
+        let frame = self.frame()?;
+        if !timed_out && frame.role != Role::Owner {
+            return None;
+        }
+        frame.tx().interrupt(frame)
+    }
+
+    pub(super) fn timeout_error(&self) -> Error {
+        Error::Timeout {
+            scope: self.options.name,
+            timeout: self.options.timeout.unwrap_or_default(),
+        }
+    }
+}
+
+/// A joining scope's isolation and read-only must fit the transaction it joins: warn, or
+/// refuse under `validate_existing_transaction`.
+fn check_join(
+    options: &TxOptions,
+    data_source: &DataSource,
+    tx: &Transaction,
+) -> Result<(), Error> {
+    let mut reasons = Vec::new();
+    let asked = options.isolation;
+    let running = tx.options.isolation;
+    if asked != Isolation::Default && asked != running {
+        reasons.push(format!(
+            "it asks for isolation {asked} but the transaction runs at {running}"
+        ));
+    }
+    if !options.read_only && tx.options.read_only {
+        reasons.push("it is read-write but the transaction is read-only".to_owned());
+    }
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    let reason = reasons.join(", and ");
+    if data_source.settings.validate_existing_transaction {
+        return Err(Error::IncompatibleTransaction {
+            scope: options.name,
+            reason,
+        });
+    }
+    tracing::warn!(target: "transactional", scope = options.name, %reason, "joining a transaction whose options differ; the transaction's own options apply");
+    Ok(())
+}
