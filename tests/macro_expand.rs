@@ -109,6 +109,54 @@ mod fake {
             out
         }
     }
+
+    /// What the expansion calls; the real ones differ only in how they hold the body.
+    pub mod __private {
+        use super::{Error, Transactional};
+        use std::future::Future;
+
+        pub fn send<F, T, E>(tx: Transactional, body: F) -> impl Future<Output = Result<T, E>>
+        where
+            F: Future<Output = Result<T, E>> + Send,
+            E: From<Error>,
+        {
+            tx.run(body)
+        }
+
+        pub fn send_with_rule<F, T, E, P>(
+            tx: Transactional,
+            commit_on: P,
+            body: F,
+        ) -> impl Future<Output = Result<T, E>>
+        where
+            F: Future<Output = Result<T, E>> + Send,
+            E: From<Error>,
+            P: Fn(&E) -> bool,
+        {
+            tx.run_with_no_rollback_for(commit_on, body)
+        }
+
+        pub fn local<F, T, E>(tx: Transactional, body: F) -> impl Future<Output = Result<T, E>>
+        where
+            F: Future<Output = Result<T, E>>,
+            E: From<Error>,
+        {
+            tx.run(body)
+        }
+
+        pub fn local_with_rule<F, T, E, P>(
+            tx: Transactional,
+            commit_on: P,
+            body: F,
+        ) -> impl Future<Output = Result<T, E>>
+        where
+            F: Future<Output = Result<T, E>>,
+            E: From<Error>,
+            P: Fn(&E) -> bool,
+        {
+            tx.run_with_no_rollback_for(commit_on, body)
+        }
+    }
 }
 
 thread_local! {
@@ -201,7 +249,7 @@ mod spellings {
 
     macro_rules! propagation_fns {
         ($($name:ident = $spring:literal),* $(,)?) => {$(
-            #[transactional(crate = "crate::fake", propagation = $spring, timeout = 2)]
+            #[transactional(crate = "crate::fake", propagation = $spring)]
             pub async fn $name() -> AppResult<()> {
                 Ok(())
             }
@@ -251,7 +299,7 @@ fn every_spelling_reaches_its_variant() {
     );
     assert_eq!(propagation(run(mandatory()).1), "propagation(Mandatory)");
     assert_eq!(propagation(run(never()).1), "propagation(Never)");
-    assert_eq!(run(never()).1[3], "timeout(2s)");
+    assert_eq!(run(never()).1[3], "run");
     assert_eq!(run(never()).1[1], "name(macro_expand::spellings::never)");
 
     let isolation = |calls: Vec<String>| calls[2..4].join(" ");
@@ -274,6 +322,28 @@ fn every_spelling_reaches_its_variant() {
     assert_eq!(
         isolation(run(serializable()).1),
         "isolation(Serializable) read_only(false)"
+    );
+}
+
+/// A body that is not `Send` (`local`), with a rule: the generic path.
+#[transactional(crate = "crate::fake", local, no_rollback_for = |_| true)]
+async fn local_with_a_rule() -> Result<usize, AppError> {
+    let not_send = std::rc::Rc::new(1);
+    std::future::ready(()).await;
+    Err(AppError::Conflict(if *not_send == 1 {
+        "local"
+    } else {
+        "?"
+    }))
+}
+
+#[test]
+fn local_bodies_need_not_be_send() {
+    let (result, calls) = run(local_with_a_rule());
+    assert!(result.is_err());
+    assert_eq!(
+        calls[2..],
+        ["run_with_no_rollback_for", "err(commit_on = true)"]
     );
 }
 

@@ -11,7 +11,7 @@ use syn::parse::{ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{
     braced, Attribute, Expr, ExprLit, ExprUnary, Ident, Lit, LitBool, LitStr, Path, ReturnType,
-    Signature, Token, Type, UnOp, Visibility,
+    Signature, Token, UnOp, Visibility,
 };
 
 /// The option keys, in the order the docs and error messages list them.
@@ -22,6 +22,8 @@ pub(crate) const KEYS: &[&str] = &[
     "timeout",
     "data_source",
     "no_rollback_for",
+    "send",
+    "local",
     "crate",
 ];
 
@@ -69,6 +71,9 @@ pub(crate) struct TxArgs {
     pub(crate) no_rollback_for: Option<Expr>,
     /// The path to the `transactional` crate, when not `::transactional`.
     pub(crate) krate: Option<Path>,
+    /// `send` (`Some(true)`): the body is `Send` and its type is erased; `local`
+    /// (`Some(false)`): it keeps its own type; `None`: decided from the signature.
+    pub(crate) send: Option<(bool, Span)>,
 }
 
 impl TxArgs {
@@ -137,8 +142,48 @@ fn parse_args(input: ParseStream) -> syn::Result<TxArgs> {
             errors.push(e);
         }
     }
+    if let Err(e) = never_begins_check(&args) {
+        errors.push(e);
+    }
     errors.finish()?;
     Ok(args)
+}
+
+/// Isolation, read-only and a timeout belong to a transaction the scope begins: with a
+/// propagation that never begins one, they could never apply.
+fn never_begins_check(args: &TxArgs) -> syn::Result<()> {
+    let Some(propagation) = &args.propagation else {
+        return Ok(());
+    };
+    let spring = match propagation.to_string().as_str() {
+        "Supports" => "SUPPORTS",
+        "NotSupported" => "NOT_SUPPORTED",
+        "Never" => "NEVER",
+        _ => return Ok(()),
+    };
+    let offending = [
+        args.isolation
+            .as_ref()
+            .filter(|i| *i != "Default")
+            .map(|i| ("isolation", i.span())),
+        args.read_only
+            .as_ref()
+            .filter(|b| b.value)
+            .map(|b| ("read_only", b.span())),
+        args.timeout_ms.map(|(_, span)| ("timeout", span)),
+    ];
+    let mut errors = Errors::default();
+    for (option, span) in offending.into_iter().flatten() {
+        errors.push(syn::Error::new(
+            span,
+            format!(
+                "`{option}` applies to a transaction the scope begins, and propagation \
+                 \"{spring}\" never begins one: remove `{option}`, or use \"REQUIRED\" or \
+                 \"REQUIRES_NEW\""
+            ),
+        ));
+    }
+    errors.finish()
 }
 
 /// Validates one known option and stores it.
@@ -146,6 +191,18 @@ fn apply(args: &mut TxArgs, key: &Ident, name: &str, value: Option<Expr>) -> syn
     let Some(value) = value else {
         if name == "read_only" {
             args.read_only = Some(LitBool::new(true, key.span()));
+            return Ok(());
+        }
+        if name == "local" || name == "send" {
+            if let Some((_, first)) = args.send {
+                let mut error = syn::Error::new(
+                    key.span(),
+                    "`send` and `local` contradict each other: give one of them",
+                );
+                error.combine(syn::Error::new(first, "the other one is here"));
+                return Err(error);
+            }
+            args.send = Some((name == "send", key.span()));
             return Ok(());
         }
         return Err(syn::Error::new(
@@ -195,6 +252,12 @@ fn apply(args: &mut TxArgs, key: &Ident, name: &str, value: Option<Expr>) -> syn
             }
             args.no_rollback_for = Some(value);
         }
+        "local" | "send" => {
+            return Err(syn::Error::new_spanned(
+                value,
+                format!("`{name}` takes no value: write just `{name}`"),
+            ))
+        }
         "crate" => {
             let lit = string_value(&value, "crate")?;
             let path = lit.parse::<Path>().map_err(|_| {
@@ -223,6 +286,8 @@ fn example(name: &str) -> &'static str {
         "timeout" => "timeout = 5",
         "data_source" => "data_source = \"reporting\"",
         "no_rollback_for" => "no_rollback_for = AppError::is_not_found",
+        "send" => "send",
+        "local" => "local",
         _ => "crate = \"::transactional\"",
     }
 }
@@ -619,61 +684,18 @@ fn not_a_fn(item: TokenStream) -> syn::Error {
     )
 }
 
-/// Whether a rejected return type might be a `Result` alias with another name (`type R = ...`),
-/// as opposed to a well-known type that certainly is not one.
-fn could_be_alias(ty: &Type) -> bool {
-    const NOT_ALIASES: &[&str] = &[
-        "Option", "Vec", "Box", "String", "Arc", "Rc", "Pin", "Cow", "HashMap", "BTreeMap",
-        "HashSet", "BTreeSet", "Self",
-    ];
-    let Type::Path(p) = ty else { return false };
-    let Some(last) = p.path.segments.last() else {
-        return false;
-    };
-    let name = last.ident.unraw().to_string();
-    name.starts_with(|c: char| c.is_ascii_uppercase()) && !NOT_ALIASES.contains(&name.as_str())
-}
-
-/// Accepts return types that name a `Result`: any path whose last segment ends with `Result`.
-///
-/// The runtime's `E: From<transactional::Error>` bound checks the rest.
+/// A fn without a return type cannot report the transaction's failures. Whether a return type
+/// is a fitting `Result` is left to the type system (the runtime's `ScopeResult` bound), so
+/// that aliases of `Result` work whatever their name.
 fn check_return_type(sig: &Signature) -> syn::Result<()> {
-    const MESSAGE: &str = "#[transactional] fns must return a `Result<T, E>` where \
-                           `E: From<transactional::Error>`: beginning, committing and rolling \
-                           back can fail, and that failure has to reach the caller";
-    let ty = match &sig.output {
-        ReturnType::Default => return Err(syn::Error::new_spanned(sig, MESSAGE)),
-        ReturnType::Type(_, ty) => ty,
-    };
-    let mut inner: &Type = ty;
-    loop {
-        match inner {
-            Type::Group(g) => inner = &g.elem,
-            Type::Paren(p) => inner = &p.elem,
-            _ => break,
-        }
-    }
-    let ok = match inner {
-        Type::Path(p) => p
-            .path
-            .segments
-            .last()
-            .is_some_and(|s| s.ident.unraw().to_string().ends_with("Result")),
-        // a type macro may well expand to a Result; the runtime's bounds will tell
-        Type::Macro(_) => true,
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else if could_be_alias(inner) {
-        Err(syn::Error::new_spanned(
-            ty,
-            format!(
-                "{MESSAGE} (a type alias of `Result` is recognised by a name ending in `Result`)"
-            ),
-        ))
-    } else {
-        Err(syn::Error::new_spanned(ty, MESSAGE))
+    match &sig.output {
+        ReturnType::Default => Err(syn::Error::new_spanned(
+            sig,
+            "#[transactional] fns must return a `Result<T, E>` where \
+             `E: From<transactional::Error>`: beginning, committing and rolling back can fail, \
+             and that failure has to reach the caller",
+        )),
+        ReturnType::Type(..) => Ok(()),
     }
 }
 
@@ -751,13 +773,13 @@ mod tests {
         assert_eq!(
             unknown_key_message("foo"),
             "unknown option `foo` for #[transactional]; expected one of: propagation, \
-             isolation, read_only, timeout, data_source, no_rollback_for, crate"
+             isolation, read_only, timeout, data_source, no_rollback_for, send, local, crate"
         );
         assert_eq!(
             unknown_key_message("isolaton"),
             "unknown option `isolaton` for #[transactional]; did you mean `isolation`? \
              expected one of: propagation, isolation, read_only, timeout, data_source, \
-             no_rollback_for, crate"
+             no_rollback_for, send, local, crate"
         );
         assert!(unknown_key_message("rollback_for").contains("every `Err` already rolls back"));
         assert!(unknown_key_message("transactionManager").contains("`data_source`"));

@@ -1,6 +1,6 @@
 //! Code generation: the fn again, with its body run through `Transactional`.
 
-use proc_macro2::{Delimiter, Group, Literal, Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -83,7 +83,6 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
 
     let mut block = Group::new(Delimiter::Brace, body);
     block.set_span(brace_span);
-    let body = quote!(async move #block);
 
     // `run` carries the return type's span, so that an error type without
     // `From<transactional::Error>` is reported on the return type rather than on the attribute.
@@ -91,25 +90,75 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => Span::call_site(),
     };
+    // A `Send` body is type-erased (see the runtime's `builder::__private`), so that a chain of
+    // annotated fns stays shallow for the trait solver; a body that may not be `Send` keeps its
+    // own type.
+    let send = match args.send {
+        Some((send, _)) => send,
+        None => surely_send(&sig),
+    };
+    let entry = match (send, args.no_rollback_for.is_some()) {
+        (true, false) => "send",
+        (true, true) => "send_with_rule",
+        (false, false) => "local",
+        (false, true) => "local_with_rule",
+    };
+    // `async move` carries the return type's span too: a bound the body's output does not meet
+    // is reported on the return type.
+    let body = quote_spanned!(ret_span=> async move #block);
+
+    // The whole path carries the return type's span, so that a return type the runtime
+    // cannot use (its `ScopeResult` bound) is reported on the return type.
+    let entry = Ident::new(entry, ret_span);
+    let private = respan(quote!(#krate::__private::#entry), ret_span);
     let call = match &args.no_rollback_for {
         Some(predicate) => {
-            let run = quote_spanned!(ret_span=> run_with_no_rollback_for);
             let predicate = typed_predicate(predicate, &sig.output);
-            quote!(#builder.#run(#predicate, #body).await)
+            quote!(#private(#builder, #predicate, #body))
         }
-        None => {
-            let run = quote_spanned!(ret_span=> run);
-            quote!(#builder.#run(#body).await)
-        }
+        None => quote!(#private(#builder, #body)),
     };
 
     quote! {
         #(#attrs)*
         #vis #sig {
             #(#inner_attrs)*
-            #call
+            #call.await
         }
     }
+}
+
+/// The same tokens, all with `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                token = TokenTree::Group(respanned);
+            }
+            token.set_span(span);
+            token
+        })
+        .collect()
+}
+
+/// Whether the body can be required to be `Send` without asking: a free fn (no receiver) with
+/// no type parameters and no `impl Trait` or `dyn Trait` argument. Anything generic may await
+/// futures whose `Send`-ness is unknown (an `async fn` of a trait, a `&R` without `Sync`), and a
+/// method's impl may be generic, which the attribute cannot see.
+fn surely_send(sig: &syn::Signature) -> bool {
+    let generic = sig
+        .generics
+        .params
+        .iter()
+        .any(|p| !matches!(p, syn::GenericParam::Lifetime(_)));
+    let unsure_args = sig.inputs.iter().any(|input| match input {
+        syn::FnArg::Receiver(_) => true,
+        syn::FnArg::Typed(arg) => mentions(arg.ty.to_token_stream(), &["impl", "dyn"]),
+    });
+    !generic && !unsure_args
 }
 
 /// Passes the predicate through an identity fn that ties its argument to the fn's error type.
@@ -140,9 +189,14 @@ fn typed_predicate(predicate: &syn::Expr, output: &ReturnType) -> TokenStream {
 
 /// Whether a type's tokens contain `impl` anywhere (`Result<impl Display, E>`).
 fn mentions_impl(tokens: TokenStream) -> bool {
+    mentions(tokens, &["impl"])
+}
+
+/// Whether tokens contain one of `words` anywhere.
+fn mentions(tokens: TokenStream, words: &[&str]) -> bool {
     tokens.into_iter().any(|token| match token {
-        TokenTree::Ident(ident) => ident == "impl",
-        TokenTree::Group(group) => mentions_impl(group.stream()),
+        TokenTree::Ident(ident) => words.iter().any(|w| ident == w),
+        TokenTree::Group(group) => mentions(group.stream(), words),
         _ => false,
     })
 }
@@ -181,10 +235,12 @@ mod tests {
                 #[doc = r" Saves."]
                 #[must_use]
                 pub async fn save(&self, x: i32) -> Result<i32, AppError> {
-                    ::transactional::Transactional::new()
-                        .name(::core::concat!(::core::module_path!(), "::", "save"))
-                        .run(async move { Ok(x) })
-                        .await
+                    ::transactional::__private::local(
+                        ::transactional::Transactional::new()
+                            .name(::core::concat!(::core::module_path!(), "::", "save")),
+                        async move { Ok(x) }
+                    )
+                    .await
                 }
                 "#
             )
@@ -214,14 +270,14 @@ mod tests {
             tokens(
                 r#"
                 async fn r#report() -> AppResult<()> {
-                    my::tx::Transactional::new()
-                        .name(::core::concat!(::core::module_path!(), "::", "report"))
-                        .propagation(my::tx::Propagation::RequiresNew)
-                        .isolation(my::tx::Isolation::Serializable)
-                        .read_only(true)
-                        .timeout(::core::time::Duration::from_millis(250))
-                        .data_source("reporting")
-                        .run_with_no_rollback_for(
+                    my::tx::__private::send_with_rule(
+                        my::tx::Transactional::new()
+                            .name(::core::concat!(::core::module_path!(), "::", "report"))
+                            .propagation(my::tx::Propagation::RequiresNew)
+                            .isolation(my::tx::Isolation::Serializable)
+                            .read_only(true)
+                            .timeout(::core::time::Duration::from_millis(250))
+                            .data_source("reporting"),
                             {
                                 fn __transactional_no_rollback_for<T, E, P>(
                                     _: ::core::marker::PhantomData<::core::result::Result<T, E>>,
@@ -238,8 +294,8 @@ mod tests {
                                 )
                             },
                             async move { Ok(()) }
-                        )
-                        .await
+                    )
+                    .await
                 }
                 "#
             )
@@ -264,12 +320,14 @@ mod tests {
                 r#"
                 async fn f() -> Result<(), E> {
                     #![allow(unused)]
-                    ::transactional::Transactional::new()
-                        .name(::core::concat!(::core::module_path!(), "::", "f"))
-                        .read_only(false)
-                        .timeout(::core::time::Duration::from_millis(2000))
-                        .run(async move { let x = 1; Ok(()) })
-                        .await
+                    ::transactional::__private::send(
+                        ::transactional::Transactional::new()
+                            .name(::core::concat!(::core::module_path!(), "::", "f"))
+                            .read_only(false)
+                            .timeout(::core::time::Duration::from_millis(2000)),
+                        async move { let x = 1; Ok(()) }
+                    )
+                    .await
                 }
                 "#
             )
@@ -286,11 +344,21 @@ mod tests {
                 }
             ),
         );
-        assert!(out.contains(&tokens(
-            ".run_with_no_rollback_for(|e: &E| e.ok(), async move { Ok(1) }).await"
-        )));
+        assert!(out.contains(&tokens("(|e: &E| e.ok(), async move { Ok(1) })")));
         assert!(mentions_impl(quote!(Result<Vec<impl Display>, E>)));
         assert!(!mentions_impl(quote!(Result<Vec<Implement>, E>)));
+    }
+
+    #[test]
+    fn only_plain_free_fns_are_surely_send() {
+        let send = |sig: TokenStream| surely_send(&syn::parse2(sig).unwrap());
+        assert!(send(quote!(async fn f(a: i64, b: &'static str) -> R)));
+        assert!(send(quote!(async fn f<'a>(a: &'a Repo) -> R)));
+        assert!(!send(quote!(async fn f<T>(a: T) -> R)));
+        assert!(!send(quote!(async fn f(a: &impl Repo) -> R)));
+        assert!(!send(quote!(async fn f(a: &dyn Repo) -> R)));
+        assert!(!send(quote!(async fn f(&self) -> R)));
+        assert!(!send(quote!(async fn f(self: Arc<Self>) -> R)));
     }
 
     #[test]

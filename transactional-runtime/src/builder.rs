@@ -99,7 +99,7 @@ impl Transactional {
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
-        Scope::new(self.options, None::<fn(&E) -> bool>, body)
+        Scope::new(self.options, None::<fn(&E) -> bool>, Box::pin(body))
     }
 
     /// Runs `body` in the scope, committing instead of rolling back when it returns an `Err`
@@ -114,7 +114,7 @@ impl Transactional {
         E: From<Error>,
         P: Fn(&E) -> bool,
     {
-        Scope::new(self.options, Some(commit_on), body)
+        Scope::new(self.options, Some(commit_on), Box::pin(body))
     }
 
     /// The scope of `testing::rollback_after`.
@@ -123,6 +123,94 @@ impl Transactional {
         F: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
-        Scope::new(self.options, None::<fn(&E) -> bool>, body).test_root()
+        Scope::new(self.options, None::<fn(&E) -> bool>, Box::pin(body)).test_root()
+    }
+}
+
+/// What `#[transactional]` expands to: not part of the API.
+///
+/// The body of an annotated fn that is surely `Send` (the macro decides from the signature, or
+/// `send`) runs as a `Pin<Box<dyn Future + Send>>`, so that the type of its future does not
+/// contain the types of the annotated fns it calls: proving a deep call chain `Send` (as
+/// `tokio::spawn` does) takes one step per level instead of walking the whole chain, and 64
+/// levels compile within the default `recursion_limit`. Otherwise (`local`) the body keeps its
+/// own type.
+#[doc(hidden)]
+pub mod __private {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use super::Transactional;
+    pub use crate::scope::{Scope, ScopeResult};
+
+    /// A `Send` body, type-erased.
+    pub type Erased<'a, R> = Pin<Box<dyn Future<Output = R> + Send + 'a>>;
+
+    /// The error type of an annotated fn's result.
+    pub type ErrorOf<R> = <R as ScopeResult>::Error;
+
+    /// What a scope without a `no_rollback_for` rule holds in the rule's place.
+    pub type NoRule<R> = fn(&ErrorOf<R>) -> bool;
+
+    /// A boxed body that is `Send` exactly when the body is, proven in one step.
+    pub struct Boxed<F>(Pin<Box<F>>);
+
+    // SAFETY: a `Pin<Box<F>>` is `Send` when `F` is.
+    unsafe impl<F: Send> Send for Boxed<F> {}
+
+    impl<F: Future> Future for Boxed<F> {
+        type Output = F::Output;
+
+        fn poll(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            self.0.as_mut().poll(cx)
+        }
+    }
+
+    /// The scope of an annotated fn whose body is `Send`.
+    pub fn send<'a, F>(
+        tx: Transactional,
+        body: F,
+    ) -> Scope<Erased<'a, F::Output>, NoRule<F::Output>>
+    where
+        F: Future + Send + 'a,
+        F::Output: ScopeResult,
+    {
+        Scope::new(tx.options, None, Box::pin(body))
+    }
+
+    /// [`send`], with a `no_rollback_for` rule.
+    pub fn send_with_rule<'a, F, P>(
+        tx: Transactional,
+        commit_on: P,
+        body: F,
+    ) -> Scope<Erased<'a, F::Output>, P>
+    where
+        F: Future + Send + 'a,
+        F::Output: ScopeResult,
+        P: Fn(&ErrorOf<F::Output>) -> bool,
+    {
+        Scope::new(tx.options, Some(commit_on), Box::pin(body))
+    }
+
+    /// The scope of an annotated fn whose body may not be `Send`: it keeps its type.
+    pub fn local<F>(tx: Transactional, body: F) -> Scope<Boxed<F>, NoRule<F::Output>>
+    where
+        F: Future,
+        F::Output: ScopeResult,
+    {
+        Scope::new(tx.options, None, Boxed(Box::pin(body)))
+    }
+
+    /// [`local`], with a `no_rollback_for` rule.
+    pub fn local_with_rule<F, P>(tx: Transactional, commit_on: P, body: F) -> Scope<Boxed<F>, P>
+    where
+        F: Future,
+        F::Output: ScopeResult,
+        P: Fn(&ErrorOf<F::Output>) -> bool,
+    {
+        Scope::new(tx.options, Some(commit_on), Boxed(Box::pin(body)))
     }
 }

@@ -7,7 +7,9 @@
 //! ends. Futures joined or selected inside a scope share it; a `tokio::spawn`ed or
 //! `spawn_local`ed task starts with an empty context, as a new thread does in Spring.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::task::Id as TaskId;
@@ -19,8 +21,10 @@ use crate::hooks::{Ending, Hook};
 use crate::options::DEFAULT_DATA_SOURCE;
 use crate::transaction::Frame;
 
-tokio::task_local! {
-    static CONTEXT: Context;
+thread_local! {
+    /// The context of the scope being polled on this thread, set for the duration of each poll
+    /// (see [`Context::enter`]); null outside any.
+    static CURRENT: Cell<*const Inner> = const { Cell::new(std::ptr::null()) };
 }
 
 /// Whether transactions are real here, or mocked out by testing support.
@@ -63,15 +67,21 @@ impl Context {
     /// The context of the running task (empty outside any scope, outside tokio, and in a
     /// task other than the one it was made in).
     pub(crate) fn current() -> Context {
-        CONTEXT
-            .try_with(|ctx| {
-                if ctx.inner.task == tokio::task::try_id() {
-                    ctx.clone()
-                } else {
-                    Context::default()
-                }
-            })
-            .unwrap_or_default()
+        let current = CURRENT.with(Cell::get);
+        if current.is_null() {
+            return Context::default();
+        }
+        // SAFETY: `CURRENT` is non-null only inside `enter`, which borrows the `Context` (and so
+        // an `Arc` of this `Inner`) for as long as the pointer is set.
+        let inner = unsafe {
+            Arc::increment_strong_count(current);
+            Arc::from_raw(current)
+        };
+        if inner.task == tokio::task::try_id() {
+            Context { inner }
+        } else {
+            Context::default()
+        }
     }
 
     fn derive(&self, change: impl FnOnce(&mut Inner)) -> Context {
@@ -186,14 +196,26 @@ impl Context {
         self.inner.capture.as_ref()
     }
 
-    /// Runs `f` with this context current (a scope does so for every poll of its body).
+    /// Runs `f` with this context current (a scope does so for every poll of its body). A
+    /// thread-local pointer swapped in and out: cheap, and a small stack frame, since every
+    /// poll of a deep call chain passes through one of these per scope.
+    #[inline]
     pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        CONTEXT.sync_scope(self.clone(), f)
+        struct Restore(*const Inner);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.with(|current| current.set(self.0));
+            }
+        }
+        let previous = CURRENT.with(|current| current.replace(Arc::as_ptr(&self.inner)));
+        let _restore = Restore(previous);
+        f()
     }
 
     /// Runs `fut` with this context current.
     pub(crate) async fn scope<F: Future>(self, fut: F) -> F::Output {
-        CONTEXT.scope(self, fut).await
+        let mut fut = pin!(fut);
+        std::future::poll_fn(|cx| self.enter(|| fut.as_mut().poll(cx))).await
     }
 }
 

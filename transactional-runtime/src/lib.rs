@@ -38,7 +38,7 @@ pub use api::{
     after_commit, after_completion, after_rollback, before_commit, connection, data_source,
     is_active, is_rollback_only, set_rollback_only, DataSourceRef,
 };
-pub use builder::Transactional;
+pub use builder::{__private, Transactional};
 pub use context::{with_data_source, with_data_source_settings};
 pub use data_source::{deregister, register, register_default, register_with, DataSourceSettings};
 pub use dialect::Dialect;

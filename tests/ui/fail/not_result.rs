@@ -39,12 +39,4 @@ async fn boxed() -> Box<dyn std::error::Error> {
 
 fn main() {
     let _ = (unit(), tuple(), reference(), option(), plain(), boxed());
-    let _ = alias_without_result_in_its_name();
-}
-
-type Short = Result<(), AppError>;
-
-#[transactional]
-async fn alias_without_result_in_its_name() -> Short {
-    Ok(())
 }

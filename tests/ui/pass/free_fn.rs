@@ -87,6 +87,15 @@ async unsafe fn unsafe_fn() -> AppResult<u8> {
     Ok(dangerous())
 }
 
+/// An alias of `Result` is recognised through the type system, whatever its name.
+type Short = Result<(), AppError>;
+
+#[transactional]
+async fn alias_without_result_in_its_name() -> Short {
+    Ok(())
+}
+
 fn main() {
     let _ = calls_others();
+    let _ = alias_without_result_in_its_name();
 }

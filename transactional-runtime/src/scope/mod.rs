@@ -22,15 +22,45 @@ use crate::options::TxOptions;
 use end::{BodyEnd, Report, ScopeEnd};
 use start::Running;
 
-/// A transactional scope around `F`, with `P` deciding which errors commit.
-pub(crate) struct Scope<F: Future, P> {
+/// What an annotated fn (or a scope's body) returns: a `Result` whose error type can carry the
+/// library's own errors (a failed COMMIT, a timeout), which reach the caller through it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned by a #[transactional] fn: it must be a `Result<T, E>` whose `E` implements `From<transactional::Error>`",
+    label = "the transaction's own errors (BEGIN or COMMIT failing, a timeout) are returned through this type",
+    note = "return a `Result<T, E>` (an alias of one works too) and implement `From<transactional::Error>` for `E`"
+)]
+pub trait ScopeResult: Sized {
+    /// The error type.
+    type Error;
+    /// The error, if this is one.
+    fn error(&self) -> Option<&Self::Error>;
+    /// A library error, returned instead of the body's output.
+    fn from_library(error: Error) -> Self;
+}
+
+impl<T, E: From<Error>> ScopeResult for Result<T, E> {
+    type Error = E;
+
+    fn error(&self) -> Option<&E> {
+        self.as_ref().err()
+    }
+
+    fn from_library(error: Error) -> Self {
+        Err(error.into())
+    }
+}
+
+/// A transactional scope around the body `B` (a boxed future: `Pin<Box<F>>`, or a
+/// `Pin<Box<dyn Future + Send>>` that hides the body's type), with `P` deciding which errors
+/// commit.
+pub struct Scope<B: Future, P> {
     options: TxOptions,
     /// `testing::rollback_after`'s own scope.
     test_root: bool,
-    body: Option<Pin<Box<F>>>,
+    body: Option<B>,
     rule: Option<P>,
     stage: Stage,
-    output: Option<F::Output>,
+    output: Option<B::Output>,
     panic: Option<Box<dyn Any + Send>>,
 }
 
@@ -42,19 +72,38 @@ enum Stage {
 }
 
 // The body is pinned in its box; nothing else is ever pinned in place.
-impl<F: Future, P> Unpin for Scope<F, P> {}
+impl<B: Future, P> Unpin for Scope<B, P> {}
 
-impl<F, T, E, P> Scope<F, P>
+// SAFETY: every field is `Send` when `B`, its output and `P` are: `Stage` is checked below, and
+// the rest holds a `B`, a `B::Output`, a `P`, or is `Send` itself. Stated on `B` directly so that
+// a scope whose body is a `dyn Future + Send` is `Send` without looking inside it: a chain of
+// annotated fns is proven `Send` one level at a time, whatever its depth.
+unsafe impl<B, P> Send for Scope<B, P>
 where
-    F: Future<Output = Result<T, E>>,
-    E: From<Error>,
-    P: Fn(&E) -> bool,
+    B: Future + Send,
+    B::Output: Send,
+    P: Send,
 {
-    pub(crate) fn new(options: TxOptions, rule: Option<P>, body: F) -> Self {
+}
+
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Stage>();
+    send::<TxOptions>();
+    send::<Option<Box<dyn Any + Send>>>();
+};
+
+impl<B, P> Scope<B, P>
+where
+    B: Future + Unpin,
+    B::Output: ScopeResult,
+    P: Fn(&<B::Output as ScopeResult>::Error) -> bool,
+{
+    pub(crate) fn new(options: TxOptions, rule: Option<P>, body: B) -> Self {
         Scope {
             options,
             test_root: false,
-            body: Some(Box::pin(body)),
+            body: Some(body),
             rule,
             stage: Stage::Start,
             output: None,
@@ -69,29 +118,29 @@ where
     }
 
     /// Polls the body with the scope's context; `None` while it is pending.
+    #[inline]
     fn poll_body(&mut self, cx: &mut TaskContext<'_>) -> Option<BodyEnd> {
         let Stage::Body(running) = &mut self.stage else {
             unreachable!("polling a body outside the body stage")
         };
-        if let Some((_, timer)) = &mut running.deadline {
-            if timer.as_mut().poll(cx).is_ready() {
-                return Some(BodyEnd::Timeout);
-            }
+        if running.deadline.is_some() && running.deadline_passed(cx) {
+            return Some(BodyEnd::Timeout);
         }
         let body = self.body.as_mut().expect("the body runs until it ends");
         let polled = running
             .body_ctx
-            .enter(|| catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))));
+            .enter(|| catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *body).poll(cx))));
         match polled {
             Ok(Poll::Pending) => None,
-            Ok(Poll::Ready(Ok(value))) => {
-                self.output = Some(Ok(value));
-                Some(BodyEnd::Ok)
-            }
-            Ok(Poll::Ready(Err(error))) => {
-                let commits = self.rule.as_ref().is_some_and(|rule| rule(&error));
-                self.output = Some(Err(error));
-                Some(BodyEnd::Err { commits })
+            Ok(Poll::Ready(output)) => {
+                let ended = match output.error() {
+                    None => BodyEnd::Ok,
+                    Some(error) => BodyEnd::Err {
+                        commits: self.rule.as_ref().is_some_and(|rule| rule(error)),
+                    },
+                };
+                self.output = Some(output);
+                Some(ended)
             }
             Err(payload) => {
                 self.panic = Some(payload);
@@ -100,12 +149,12 @@ where
         }
     }
 
-    fn finish(&mut self, report: Report) -> Result<T, E> {
+    fn finish(&mut self, report: Report) -> B::Output {
         if let Some(payload) = self.panic.take().or(report.panic) {
             resume_unwind(payload);
         }
         if let Some(error) = report.error {
-            return Err(error.into());
+            return B::Output::from_library(error);
         }
         self.output
             .take()
@@ -113,54 +162,80 @@ where
     }
 }
 
-impl<F, T, E, P> Future for Scope<F, P>
+impl<B, P> Future for Scope<B, P>
 where
-    F: Future<Output = Result<T, E>>,
-    E: From<Error>,
-    P: Fn(&E) -> bool,
+    B: Future + Unpin,
+    B::Output: ScopeResult,
+    P: Fn(&<B::Output as ScopeResult>::Error) -> bool,
 {
-    type Output = Result<T, E>;
+    type Output = B::Output;
 
+    // Every poll of every scope below this one passes through here, so this frame stays small:
+    // the start, the end of the body and the end of the scope are in functions of their own.
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        loop {
-            match &mut this.stage {
-                Stage::Start => match Running::start(&this.options, this.test_root) {
-                    Ok(running) => this.stage = Stage::Body(running),
-                    Err(error) => {
-                        this.stage = Stage::Done;
-                        this.body = None;
-                        return Poll::Ready(Err(error.into()));
-                    }
-                },
-                Stage::Body(_) => {
-                    let Some(ended) = this.poll_body(cx) else {
-                        return Poll::Pending;
-                    };
-                    let Stage::Body(running) = std::mem::replace(&mut this.stage, Stage::Done)
-                    else {
-                        unreachable!()
-                    };
-                    // Stop a statement cut off by the deadline before its guard is dropped.
-                    let cancel = match ended {
-                        BodyEnd::Timeout => running.interrupt(true),
-                        _ => None,
-                    };
-                    this.body = None;
-                    this.stage = Stage::End(running.end(ended, cancel));
-                }
-                Stage::End(end) => {
-                    let report = std::task::ready!(end.poll(cx));
-                    this.stage = Stage::Done;
-                    return Poll::Ready(this.finish(report));
-                }
-                Stage::Done => panic!("a transactional scope was polled after it completed"),
+        if let Stage::Start = this.stage {
+            if let Err(error) = this.start() {
+                return Poll::Ready(B::Output::from_library(error));
             }
         }
+        if let Stage::Body(_) = this.stage {
+            match this.poll_body(cx) {
+                None => return Poll::Pending,
+                Some(ended) => this.end_body(ended),
+            }
+        }
+        this.poll_end(cx)
     }
 }
 
-impl<F: Future, P> Drop for Scope<F, P> {
+impl<B, P> Scope<B, P>
+where
+    B: Future + Unpin,
+    B::Output: ScopeResult,
+    P: Fn(&<B::Output as ScopeResult>::Error) -> bool,
+{
+    #[inline(never)]
+    fn start(&mut self) -> Result<(), Error> {
+        match Running::start(&self.options, self.test_root) {
+            Ok(running) => {
+                self.stage = Stage::Body(running);
+                Ok(())
+            }
+            Err(error) => {
+                self.stage = Stage::Done;
+                self.body = None;
+                Err(error)
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn end_body(&mut self, ended: BodyEnd) {
+        let Stage::Body(running) = std::mem::replace(&mut self.stage, Stage::Done) else {
+            unreachable!("the body ends in the body stage")
+        };
+        // Stop a statement cut off by the deadline before its guard is dropped.
+        let cancel = match ended {
+            BodyEnd::Timeout => running.interrupt(true),
+            _ => None,
+        };
+        self.body = None;
+        self.stage = Stage::End(running.end(ended, cancel));
+    }
+
+    #[inline(never)]
+    fn poll_end(&mut self, cx: &mut TaskContext<'_>) -> Poll<B::Output> {
+        let Stage::End(end) = &mut self.stage else {
+            panic!("a transactional scope was polled after it completed")
+        };
+        let report = std::task::ready!(end.poll(cx));
+        self.stage = Stage::Done;
+        Poll::Ready(self.finish(report))
+    }
+}
+
+impl<B: Future, P> Drop for Scope<B, P> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Body(running) => {

@@ -157,6 +157,16 @@ impl Running {
         })
     }
 
+    /// Polls the deadline's timer (out of line: the timer's poll has a large frame, and the
+    /// body's poll is on the stack of every scope below).
+    #[inline(never)]
+    pub(super) fn deadline_passed(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        use std::future::Future;
+        self.deadline
+            .as_mut()
+            .is_some_and(|(_, timer)| timer.as_mut().poll(cx).is_ready())
+    }
+
     pub(super) fn frame(&self) -> Option<&Arc<Frame>> {
         match &self.what {
             What::Tx { frame, .. } => Some(frame),

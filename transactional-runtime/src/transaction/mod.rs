@@ -9,7 +9,7 @@
 mod level;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -81,9 +81,19 @@ enum Slot {
 
 struct Open {
     level: u64,
+    /// Weak: a level whose scope has gone leaves its savepoint abandoned.
+    scope: Weak<Level>,
     name: String,
     /// Its scope was dropped: roll back to it before the next statement.
     abandoned: bool,
+}
+
+impl Open {
+    /// Its scope was dropped, or ended without closing it (the scope of a savepoint opened on
+    /// its behalf after it was dropped): roll back to it before the next statement.
+    fn is_abandoned(&self) -> bool {
+        self.abandoned || self.scope.upgrade().is_none_or(|level| level.is_ended())
+    }
 }
 
 /// What to send before lending the connection.
@@ -96,7 +106,7 @@ struct Prepare {
     /// The lowest abandoned savepoint: where it is in the stack, and its name.
     cleanup: Option<(usize, String)>,
     /// Savepoints of the borrower's NESTED levels not opened yet, outermost first.
-    open: Vec<(u64, String)>,
+    open: Vec<(Weak<Level>, u64, String)>,
 }
 
 /// How the owner's end went.
@@ -231,7 +241,7 @@ impl Transaction {
         };
         for level in &chain[opened..] {
             let name = level.savepoint.clone().unwrap_or_default();
-            plan.open.push((level.id, name));
+            plan.open.push((Arc::downgrade(level), level.id, name));
         }
         let conn = match std::mem::replace(&mut st.slot, Slot::Busy) {
             Slot::Idle(conn) => Some(conn),
@@ -345,10 +355,11 @@ impl Transaction {
                 return Err(self.fail(conn, error));
             }
         }
-        for (level, name) in plan.open {
+        for (scope, level, name) in plan.open {
             match conn.run(&dialect.savepoint(&name)).await {
                 Ok(_) => self.lock().savepoints.push(Open {
                     level,
+                    scope,
                     name,
                     abandoned: false,
                 }),
@@ -797,7 +808,7 @@ impl Transaction {
 /// (a concurrent NESTED scope: savepoints are a stack, so they take turns).
 fn eligible(open: &[Open], chain: &[Arc<Level>]) -> Option<usize> {
     let mut n = 0;
-    for open in open.iter().take_while(|o| !o.abandoned) {
+    for open in open.iter().take_while(|o| !o.is_abandoned()) {
         match chain.get(n) {
             Some(level) if level.id == open.level => n += 1,
             _ => return None,
@@ -808,7 +819,7 @@ fn eligible(open: &[Open], chain: &[Arc<Level>]) -> Option<usize> {
 
 fn first_abandoned(open: &[Open]) -> Option<(usize, String)> {
     open.iter()
-        .position(|o| o.abandoned)
+        .position(|o| o.is_abandoned())
         .map(|at| (at, open[at].name.clone()))
 }
 

@@ -1,0 +1,140 @@
+//! Deep call chains of annotated fns run in a spawned task on a worker thread with tokio's
+//! default 2 MiB stack, in debug and release builds: 64 levels of joined REQUIRED scopes, of
+//! NESTED scopes, and of REQUIRES_NEW scopes, each level a distinct fn running one query, on
+//! every database. No `recursion_limit` is raised: 64 levels compile with the default, and
+//! `tokio::spawn` proves the whole chain `Send`.
+//!
+//! Polling a level costs the stack one small frame (the scope's body is boxed, and what is not
+//! generic lives outside the generic future), so the chain depth is bounded by the heap, not by
+//! the worker's stack.
+
+mod common;
+
+use common::{AppResult, Env, Lite, My, Pg, TestDb};
+use futures_util::future::BoxFuture;
+use sqlx::Database;
+
+/// The worker stack tokio gives every thread by default.
+const WORKER_STACK: usize = 2 * 1024 * 1024;
+
+/// How a level writes its row: one insert on the test's database (a boxed closure, so that
+/// the chain itself is not generic, as application code is not).
+type Insert = &'static (dyn Fn(i64) -> BoxFuture<'static, AppResult<()>> + Send + Sync);
+
+/// Declares `$f0` … calling each other down to `$last`, each annotated with `$attr`, each
+/// running one insert (`$before`: before calling the next level, else after it returns).
+macro_rules! chain {
+    ($attr:meta, $before:expr; $f:ident, $next:ident $(, $rest:ident)*) => {
+        #[$attr]
+        pub(super) async fn $f(insert: Insert, level: i64) -> AppResult<()> {
+            if $before {
+                insert(level).await?;
+            }
+            $next(insert, level + 1).await?;
+            if !$before {
+                insert(level).await?;
+            }
+            Ok(())
+        }
+        chain!($attr, $before; $next $(, $rest)*);
+    };
+    ($attr:meta, $before:expr; $last:ident) => {
+        #[$attr]
+        pub(super) async fn $last(insert: Insert, level: i64) -> AppResult<()> {
+            insert(level).await
+        }
+    };
+}
+
+/// 64 fn names with a prefix.
+macro_rules! sixty_four {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)*;
+            l00, l01, l02, l03, l04, l05, l06, l07, l08, l09, l10, l11, l12, l13, l14, l15,
+            l16, l17, l18, l19, l20, l21, l22, l23, l24, l25, l26, l27, l28, l29, l30, l31,
+            l32, l33, l34, l35, l36, l37, l38, l39, l40, l41, l42, l43, l44, l45, l46, l47,
+            l48, l49, l50, l51, l52, l53, l54, l55, l56, l57, l58, l59, l60, l61, l62, l63);
+    };
+}
+
+mod joined {
+    use super::*;
+    sixty_four!(chain!(transactional::transactional, true));
+    pub(super) use self::l00 as top;
+}
+
+mod nested {
+    use super::*;
+    sixty_four!(chain!(
+        transactional::transactional(propagation = "NESTED"),
+        true
+    ));
+    pub(super) use self::l00 as top;
+}
+
+mod requires_new {
+    use super::*;
+    // Each level writes after the level below it has committed, so that one connection at a
+    // time is in use (a REQUIRES_NEW that has not queried holds none) and SQLite's single
+    // writer is never waited for.
+    sixty_four!(chain!(
+        transactional::transactional(propagation = "REQUIRES_NEW"),
+        false
+    ));
+    pub(super) use self::l00 as top;
+}
+
+/// Runs `chain` for `D` in a task spawned on a runtime whose workers have a 2 MiB stack.
+fn on_a_worker<D: TestDb, F>(test: &'static str, chain: fn(Insert) -> F)
+where
+    for<'c> &'c mut <D::DB as Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
+    F: std::future::Future<Output = AppResult<()>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(WORKER_STACK)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let Some(env) = Env::<D>::new(test).await else {
+            return;
+        };
+        let env: &'static Env<D> = Box::leak(Box::new(env));
+        let insert: Insert = Box::leak(Box::new(move |id| {
+            Box::pin(env.insert(id)) as BoxFuture<'static, AppResult<()>>
+        }));
+        let ran = tokio::spawn(env.run(chain(insert))).await;
+        ran.expect("the chain ran to the end on a 2 MiB worker")
+            .unwrap();
+        assert_eq!(env.ids().await, (0..64).collect::<Vec<i64>>());
+        assert!(env.pool_is_clean().await);
+    });
+}
+
+macro_rules! on_every_database {
+    ($name:ident, $module:ident) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn postgres() {
+                on_a_worker::<Pg, _>(stringify!($name), |insert| $module::top(insert, 0));
+            }
+
+            #[test]
+            fn mysql() {
+                on_a_worker::<My, _>(stringify!($name), |insert| $module::top(insert, 0));
+            }
+
+            #[test]
+            fn sqlite() {
+                on_a_worker::<Lite, _>(stringify!($name), |insert| $module::top(insert, 0));
+            }
+        }
+    };
+}
+
+on_every_database!(sixty_four_joined_levels, joined);
+on_every_database!(sixty_four_nested_levels, nested);
+on_every_database!(sixty_four_requires_new_levels, requires_new);
