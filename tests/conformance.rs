@@ -1,10 +1,18 @@
 //! The behaviour suite: every test runs unchanged on PostgreSQL, MariaDB/MySQL and SQLite.
-//! Semantics: DESIGN.md §2–§6, §9.
+//! The rules they check: docs/SEMANTICS.md.
 
 mod common;
 
+#[path = "conformance/aborted.rs"]
+mod aborted;
+#[path = "conformance/cancellation.rs"]
+mod cancellation;
+#[path = "conformance/concurrency.rs"]
+mod concurrency;
 #[path = "conformance/context.rs"]
 mod context;
+#[path = "conformance/deadlines.rs"]
+mod deadlines;
 #[path = "conformance/hooks.rs"]
 mod hooks;
 #[path = "conformance/nested.rs"]
@@ -15,3 +23,5 @@ mod options;
 mod propagation;
 #[path = "conformance/rollback.rs"]
 mod rollback;
+#[path = "conformance/rollback_after.rs"]
+mod rollback_after;

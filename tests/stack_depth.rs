@@ -57,6 +57,13 @@ macro_rules! sixty_four {
     };
 }
 
+/// 100 fn names.
+macro_rules! one_hundred {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)*; n000, n001, n002, n003, n004, n005, n006, n007, n008, n009, n010, n011, n012, n013, n014, n015, n016, n017, n018, n019, n020, n021, n022, n023, n024, n025, n026, n027, n028, n029, n030, n031, n032, n033, n034, n035, n036, n037, n038, n039, n040, n041, n042, n043, n044, n045, n046, n047, n048, n049, n050, n051, n052, n053, n054, n055, n056, n057, n058, n059, n060, n061, n062, n063, n064, n065, n066, n067, n068, n069, n070, n071, n072, n073, n074, n075, n076, n077, n078, n079, n080, n081, n082, n083, n084, n085, n086, n087, n088, n089, n090, n091, n092, n093, n094, n095, n096, n097, n098, n099);
+    };
+}
+
 mod joined {
     use super::*;
     sixty_four!(chain!(transactional::transactional, true));
@@ -107,7 +114,9 @@ where
         let ran = tokio::spawn(env.run(chain(insert))).await;
         ran.expect("the chain ran to the end on a 2 MiB worker")
             .unwrap();
-        assert_eq!(env.ids().await, (0..64).collect::<Vec<i64>>());
+        let ids = env.ids().await;
+        assert_eq!(ids, (0..ids.len() as i64).collect::<Vec<i64>>());
+        assert!(ids.len() >= 64, "every level wrote its row: {}", ids.len());
         assert!(env.pool_is_clean().await);
     });
 }
@@ -135,6 +144,16 @@ macro_rules! on_every_database {
     };
 }
 
+mod nested_deeper {
+    use super::*;
+    one_hundred!(chain!(
+        transactional::transactional(propagation = "NESTED"),
+        true
+    ));
+    pub(super) use self::n000 as top;
+}
+
 on_every_database!(sixty_four_joined_levels, joined);
 on_every_database!(sixty_four_nested_levels, nested);
 on_every_database!(sixty_four_requires_new_levels, requires_new);
+on_every_database!(one_hundred_nested_levels, nested_deeper);

@@ -381,3 +381,18 @@ async fn requires_new_escapes_rollback_after() {
     r.unwrap();
     assert_eq!(env.ids().await, vec![7]);
 }
+
+/// In mocked mode there is no connection: asking for one says so, and how to get one.
+#[tokio::test]
+async fn asking_for_a_connection_in_mocked_mode_says_it_is_mocked() {
+    let err = testing::mocked(async { transactional::connection::<sqlx::Sqlite>().await })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, transactional::Error::Mocked { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("mocked out"), "{message}");
+    assert!(message.contains("with_data_source"), "{message}");
+}

@@ -109,6 +109,9 @@ pub trait TestDb: Sized + Send + Sync + 'static {
         conn: &'c mut <Self::DB as Database>::Connection,
     ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + 'c;
 
+    /// A statement that runs for about `secs` seconds unless it is cancelled.
+    fn slow_statement(secs: u32) -> String;
+
     /// Whether the connection is inside a transaction, as the server sees it.
     fn in_transaction<'c>(
         conn: &'c mut <Self::DB as Database>::Connection,
@@ -188,6 +191,10 @@ impl TestDb for Pg {
         Self::scalar(conn, "SELECT pg_backend_pid()::bigint".into())
     }
 
+    fn slow_statement(secs: u32) -> String {
+        format!("SELECT pg_sleep({secs})")
+    }
+
     fn transaction_isolation<'c>(
         conn: &'c mut sqlx::PgConnection,
     ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + 'c {
@@ -226,6 +233,10 @@ impl TestDb for My {
         conn: &'c mut sqlx::MySqlConnection,
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c {
         Self::scalar(conn, "SELECT CAST(CONNECTION_ID() AS SIGNED)".into())
+    }
+
+    fn slow_statement(secs: u32) -> String {
+        format!("SELECT SLEEP({secs})")
     }
 
     fn transaction_isolation<'c>(
@@ -274,6 +285,15 @@ impl TestDb for Lite {
         // SQLite has no session id: the connection's address identifies it while it is alive.
         let id = &*conn as *const sqlx::SqliteConnection as usize as i64;
         async move { Ok(id) }
+    }
+
+    fn slow_statement(secs: u32) -> String {
+        // No sleep function: a count that takes about that long, interruptible as any query.
+        let rows = u64::from(secs) * 20_000_000;
+        format!(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT {rows}) \
+             SELECT COUNT(*) FROM c"
+        )
     }
 
     fn transaction_isolation<'c>(
@@ -478,6 +498,26 @@ where
         self.pool.acquire().await.expect("raw connection")
     }
 
+    /// Runs a statement through the current connection, ignoring what it returns.
+    pub async fn exec_current(&self, sql: String) -> AppResult<()> {
+        let mut conn = transactional::connection::<D::DB>().await?;
+        D::exec(&mut conn, sql).await?;
+        Ok(())
+    }
+
+    /// The committed ids in `from..from + 100`, as a second connection sees them.
+    pub async fn ids_from(&self, from: i64) -> Vec<i64> {
+        let ids = self.ids().await;
+        ids.into_iter()
+            .filter(|id| (from..from + 100).contains(id))
+            .collect()
+    }
+
+    /// Every connection of the pool is idle in it (none held, none being cleaned up).
+    pub fn pool_is_idle(&self) -> bool {
+        self.pool.num_idle() == self.pool.size() as usize
+    }
+
     /// Waits (up to 5 s) for `check` to hold, for effects that happen in the background.
     pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
     where
@@ -532,6 +572,63 @@ impl<D: TestDb> Drop for Env<D> {
                 }
             });
         }
+    }
+}
+
+/// Polls `fut` at most `polls` times (each poll after it woke up, so that its I/O progresses
+/// in between), then drops it; `None` when it was dropped before it completed.
+pub async fn poll_at_most<F: Future>(fut: F, polls: usize) -> Option<F::Output> {
+    let mut fut = Box::pin(fut);
+    let mut polled = 0;
+    std::future::poll_fn(|cx| {
+        polled += 1;
+        match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+            std::task::Poll::Pending if polled >= polls => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// What hooks did, in order.
+#[derive(Clone, Default)]
+pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn push(&self, event: impl Into<String>) {
+        self.0.lock().unwrap().push(event.into());
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The events of `tag`'s hooks.
+    pub fn of(&self, tag: &str) -> Vec<String> {
+        let prefix = format!("{tag} ");
+        self.events()
+            .into_iter()
+            .filter_map(|e| e.strip_prefix(&prefix).map(str::to_owned))
+            .collect()
+    }
+
+    /// Registers after-commit, after-rollback and after-completion hooks on the current data
+    /// source that record `tag`, the rollback cause and the outcome.
+    pub async fn record(&self, tag: &str) {
+        let (l, t) = (self.clone(), tag.to_owned());
+        transactional::after_commit(move || async move { l.push(format!("{t} after_commit")) })
+            .await;
+        let (l, t) = (self.clone(), tag.to_owned());
+        transactional::after_rollback(move |cause| async move {
+            l.push(format!("{t} after_rollback {cause:?}"))
+        })
+        .await;
+        let (l, t) = (self.clone(), tag.to_owned());
+        transactional::after_completion(move |outcome| async move {
+            l.push(format!("{t} after_completion {outcome:?}"))
+        })
+        .await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The current transaction travels with the task: suspension and resumption, guards that
-//! outlive their scope, concurrency, spawned tasks (DESIGN §1, §2, §6, §9).
+//! outlive their scope, concurrency, spawned tasks, the data source `connection()` means
+//! (docs/SEMANTICS.md, "The current connection").
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -177,5 +178,60 @@ conformance! {
         }
         assert_eq!(env.ids().await, (0..200).step_by(2).collect::<Vec<i64>>());
         assert!(env.pool_is_clean().await);
+    }
+}
+
+conformance! {
+    /// Inside a scope on a named data source, `connection()` (and the other free functions)
+    /// mean that data source; the default one is still reached by name. A row written through
+    /// `connection()` in an "audit" scope is committed with the audit transaction, not rolled
+    /// back with the default one around it.
+    async fn connection_means_the_data_source_of_the_innermost_scope<D>() {
+        let Some(env) = Env::<D>::new("current_ds_default").await else { return };
+        let Some(audit) = Env::<D>::new("current_ds_audit").await else { return };
+        let r: AppResult<()> = env.run(transactional::with_data_source("audit", audit.pool.clone(), scope(Required).run(async {
+            env.insert(1).await?;
+            let audited: AppResult<()> = Transactional::new().data_source("audit").run(async {
+                // `connection()` is the audit transaction's connection.
+                let mut conn = transactional::connection::<D::DB>().await?;
+                assert!(conn.in_transaction());
+                D::exec(&mut conn, format!("INSERT INTO {} (id) VALUES (10)", audit.table)).await?;
+                drop(conn);
+                assert!(transactional::is_active());
+                assert!(transactional::data_source("default").is_active());
+                Ok(())
+            }).await;
+            audited?;
+            // Back in the default scope, `connection()` is the default's again.
+            env.insert(2).await?;
+            Err(AppError::Boom("the default transaction rolls back"))
+        }))).await.expect("supported database");
+        assert!(r.unwrap_err().is_boom());
+        assert!(env.ids().await.is_empty());
+        assert_eq!(audit.ids().await, [10], "the audit row was committed with its own transaction");
+    }
+}
+
+conformance! {
+    /// A NESTED scope whose body keeps its connection guard past its end fails at once with
+    /// `GuardOutlivedScope` (its own guard can never come back while it waits), instead of
+    /// waiting the pool's acquire timeout; once the guard is dropped the outer goes on and
+    /// commits, without the NESTED scope's work.
+    async fn a_nested_scope_that_keeps_its_guard_fails_at_once<D>() {
+        let Some(env) = Env::<D>::with_pool("nested_keeps_guard", 2, Duration::from_secs(5)).await else { return };
+        let started = std::time::Instant::now();
+        let r: AppResult<()> = env.run(scope(Required).run(async {
+            env.insert(1).await?;
+            let kept: AppResult<ConnectionGuard<D::DB>> = scope(Nested).run(async {
+                env.insert(2).await?;
+                Ok(transactional::connection::<D::DB>().await?)
+            }).await;
+            let err = kept.unwrap_err();
+            assert!(matches!(err.tx(), transactional::Error::GuardOutlivedScope { .. }), "{err:?}");
+            env.insert(3).await
+        })).await;
+        r.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2), "failed at once, not after the acquire timeout");
+        assert_eq!(env.ids().await, [1, 3]);
     }
 }

@@ -183,12 +183,6 @@ impl Dialect {
     pub(crate) fn rollback_to_savepoint(self, name: &str) -> String {
         format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
     }
-
-    /// Whether a failed `COMMIT` can leave the transaction open (SQLite: `SQLITE_BUSY`), so a
-    /// `ROLLBACK` must follow it.
-    pub(crate) fn commit_failure_leaves_transaction_open(self) -> bool {
-        self == Dialect::Sqlite
-    }
 }
 
 /// The SQL spelling of an isolation level, or `None` for the default (send nothing).

@@ -253,6 +253,17 @@ impl Conn {
         result
     }
 
+    /// Runs a control statement that is harmless to send twice (ROLLBACK, ROLLBACK TO,
+    /// RELEASE, SAVEPOINT), once more if it fails with a database error: a statement cut off
+    /// earlier (a dropped query, a cancelled one) leaves its error to the next command, which
+    /// then fails before it is even sent. Its own failure repeats.
+    pub(crate) async fn run_control(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        match self.run(sql).await {
+            Err(sqlx::Error::Database(_)) => self.run(sql).await,
+            done => done,
+        }
+    }
+
     /// Runs SQL that returns an integer, where this build can read it; else runs it.
     pub(crate) async fn query_int(&mut self, sql: &str) -> Result<Option<i64>, sqlx::Error> {
         let was_clean = std::mem::replace(&mut self.clean, false);

@@ -337,7 +337,10 @@ impl End {
             Verdict::Commit => {
                 let phase = self.phase.clone();
                 let committing = move || phase.store(PHASE_COMMITTING, Ordering::Release);
-                match tx.finish(true, self.deadline, committing).await {
+                match tx
+                    .finish(true, self.deadline, &self.detached, committing)
+                    .await
+                {
                     Finished::Committed => (Ending::Committed, None),
                     Finished::NotCommitted(error, cause) => {
                         (Ending::RolledBack(cause), Some(error))
@@ -351,16 +354,19 @@ impl End {
                         Some(Error::GuardOutlivedScope { scope }),
                     ),
                     Finished::Unknown(error) => (Ending::Unknown, Some(error)),
+                    Finished::Abandoned => (Ending::RolledBack(RollbackCause::Cancelled), None),
                     Finished::RolledBack => (Ending::RolledBack(RollbackCause::CommitFailed), None),
                 }
             }
-            Verdict::Rollback(cause, error) => match tx.finish(false, None, || {}).await {
-                Finished::GuardOutlived => (
-                    Ending::RolledBack(RollbackCause::GuardOutlivedScope),
-                    Some(Error::GuardOutlivedScope { scope }),
-                ),
-                _ => (Ending::RolledBack(cause), error),
-            },
+            Verdict::Rollback(cause, error) => {
+                match tx.finish(false, None, &self.detached, || {}).await {
+                    Finished::GuardOutlived => (
+                        Ending::RolledBack(RollbackCause::GuardOutlivedScope),
+                        Some(Error::GuardOutlivedScope { scope }),
+                    ),
+                    _ => (Ending::RolledBack(cause), error),
+                }
+            }
         };
         self.emit(match ending {
             Ending::Committed => EventKind::Committed,
@@ -435,7 +441,10 @@ impl End {
             Verdict::Commit => (true, None),
             Verdict::Rollback(_, error) => (false, error),
         };
-        let ended = frame.tx().end_savepoint(&frame, release).await;
+        let ended = frame
+            .tx()
+            .end_savepoint(&frame, release, &self.detached)
+            .await;
         let savepoint = level.savepoint.clone().unwrap_or_default();
         let error = match ended {
             SavepointEnd::Done if release => {
@@ -443,7 +452,7 @@ impl End {
                 level.hooks.move_into(&parent.hooks);
                 return Report::default();
             }
-            SavepointEnd::Done => verdict_error,
+            SavepointEnd::Done | SavepointEnd::Abandoned => verdict_error,
             SavepointEnd::GuardOutlived => Some(Error::GuardOutlivedScope {
                 scope: self.options.name,
             }),

@@ -121,11 +121,15 @@ pub(crate) enum Finished {
     GuardOutlived,
     /// COMMIT was sent and no answer came: it may or may not have happened.
     Unknown(Error),
+    /// The scope was dropped before COMMIT was sent: rolled back.
+    Abandoned,
 }
 
 /// How a NESTED scope's end went.
 pub(crate) enum SavepointEnd {
     Done,
+    /// Its scope was dropped before `RELEASE` was sent: rolled back to instead.
+    Abandoned,
     GuardOutlived,
     /// `RELEASE` failed (PostgreSQL: a statement inside had failed), so it was rolled back to.
     RolledBackInstead(sqlx::Error),
@@ -356,7 +360,7 @@ impl Transaction {
             }
         }
         for (scope, level, name) in plan.open {
-            match conn.run(&dialect.savepoint(&name)).await {
+            match conn.run_control(&dialect.savepoint(&name)).await {
                 Ok(_) => self.lock().savepoints.push(Open {
                     level,
                     scope,
@@ -392,7 +396,7 @@ impl Transaction {
     /// Rolls back to the savepoint at `at` (and releases it), closing the savepoints above it.
     async fn roll_back_to(&self, conn: &mut Conn, at: usize, name: &str) -> Result<(), Error> {
         let sql = self.dialect().rollback_to_savepoint(name);
-        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run(&sql)).await {
+        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(&sql)).await {
             Ok(Ok(_)) => {
                 self.lock().savepoints.truncate(at);
                 Ok(())
@@ -415,7 +419,7 @@ impl Transaction {
         }
         // BEGIN fails inside a transaction; outside one it starts a transaction we undo.
         if conn.run("BEGIN").await.is_ok() {
-            let _ = conn.run("ROLLBACK").await;
+            let _ = conn.run_control("ROLLBACK").await;
             return Err(self.broken());
         }
         Ok(())
@@ -528,7 +532,15 @@ impl Transaction {
 
     /// Ends a NESTED scope's savepoint: `RELEASE` (keep its work) or `ROLLBACK TO` (undo it).
     /// A savepoint never opened (the scope never used the connection) needs no statement.
-    pub(crate) async fn end_savepoint(&self, frame: &Frame, release: bool) -> SavepointEnd {
+    ///
+    /// `abandoned` is read just before `RELEASE` is sent: a scope dropped by then is rolled
+    /// back to instead.
+    pub(crate) async fn end_savepoint(
+        &self,
+        frame: &Frame,
+        release: bool,
+        abandoned: &AtomicBool,
+    ) -> SavepointEnd {
         let level = &frame.level;
         let taken = self
             .when_settled(|st| {
@@ -566,7 +578,9 @@ impl Transaction {
             }
             Ok(Some(Ok(taken))) => taken,
         };
-        let ended = self.close_savepoint(&mut conn, at, release).await;
+        let ended = self
+            .close_savepoint(&mut conn, at, release, abandoned)
+            .await;
         level.end();
         match ended {
             Ok(end) => {
@@ -582,6 +596,7 @@ impl Transaction {
         conn: &mut Conn,
         at: usize,
         release: bool,
+        abandoned: &AtomicBool,
     ) -> Result<SavepointEnd, Error> {
         let dialect = self.dialect();
         let (settle, name, abandoned_above) = {
@@ -592,15 +607,19 @@ impl Transaction {
         if settle {
             self.settle(conn).await?;
         }
-        if !release {
+        if !release || abandoned.load(Ordering::Acquire) {
             self.roll_back_to(conn, at, &name).await?;
-            return Ok(SavepointEnd::Done);
+            return Ok(if release {
+                SavepointEnd::Abandoned
+            } else {
+                SavepointEnd::Done
+            });
         }
         // A NESTED scope inside this one was dropped: its work goes before this one's is kept.
         if let Some((above, inner)) = abandoned_above {
             self.roll_back_to(conn, above, &inner).await?;
         }
-        match conn.run(&dialect.release_savepoint(&name)).await {
+        match conn.run_control(&dialect.release_savepoint(&name)).await {
             Ok(_) => {
                 self.lock().savepoints.truncate(at);
                 Ok(SavepointEnd::Done)
@@ -617,12 +636,14 @@ impl Transaction {
         }
     }
 
-    /// Ends the transaction: COMMIT (unless the deadline has passed) or ROLLBACK, then
-    /// returns the connection to its pool. Nothing is lent from now on.
+    /// Ends the transaction: COMMIT (unless the deadline has passed, or the scope was dropped
+    /// before COMMIT could be sent: `abandoned`) or ROLLBACK, then returns the connection to its
+    /// pool. Nothing is lent from now on.
     pub(crate) async fn finish(
         &self,
         commit: bool,
         deadline: Option<Instant>,
+        abandoned: &AtomicBool,
         committing: impl FnOnce(),
     ) -> Finished {
         self.ended.store(true, Ordering::Release);
@@ -667,7 +688,10 @@ impl Transaction {
             }
         };
         let (finished, still_open) = if commit {
-            match self.commit(&mut conn, deadline, committing).await {
+            match self
+                .commit(&mut conn, deadline, abandoned, committing)
+                .await
+            {
                 Ok(committed) => committed,
                 Err(error) => (
                     Finished::NotCommitted(error, RollbackCause::CommitFailed),
@@ -695,6 +719,7 @@ impl Transaction {
         &self,
         conn: &mut Conn,
         deadline: Option<Instant>,
+        abandoned: &AtomicBool,
         committing: impl FnOnce(),
     ) -> Result<(Finished, bool), Error> {
         let dialect = self.dialect();
@@ -711,6 +736,9 @@ impl Transaction {
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok((Finished::TimedOut, true));
+        }
+        if abandoned.load(Ordering::Acquire) {
+            return Ok((Finished::Abandoned, true));
         }
         let (sql, check) = dialect.commit();
         committing();
@@ -750,10 +778,12 @@ impl Transaction {
                 outcome_unknown: false,
                 source,
             };
-            let still_open = dialect.commit_failure_leaves_transaction_open();
+            // A COMMIT that failed on its own ended the transaction (PostgreSQL, MySQL) or left
+            // it open (SQLite busy); an error left by a statement cut off earlier means COMMIT
+            // was never sent. ROLLBACK either way: it is harmless when nothing is open.
             (
                 Finished::NotCommitted(error, RollbackCause::CommitFailed),
-                still_open,
+                true,
             )
         })
     }
@@ -765,7 +795,7 @@ impl Transaction {
             return;
         }
         let sql = self.dialect().rollback();
-        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run(sql)).await {
+        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(sql)).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
                 tracing::warn!(target: "transactional", %error, "ROLLBACK failed; closing the connection instead");
@@ -851,7 +881,7 @@ impl Cleanup {
             runtime.spawn(async move {
                 let cleaned = tokio::time::timeout(CLEANUP_TIMEOUT, async {
                     for sql in self.rollback.into_iter().chain(self.reset) {
-                        conn.run(sql).await?;
+                        conn.run_control(sql).await?;
                     }
                     if self.disarm {
                         conn.get_mut().disarm_interrupt().await?;
