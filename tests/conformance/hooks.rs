@@ -1,5 +1,5 @@
 //! Transaction hooks: before-commit, after-commit, after-rollback and after-completion
-//! (DESIGN §5), on the real databases, with committed rows seen from the observer connection.
+//! (docs/SEMANTICS.md, "Hooks"), on the real databases, with committed rows seen from the observer connection.
 //!
 //! Hooks are `'static` closures: what they need (the event log, the test's `Env`) is cloned
 //! into them through an `Arc`.
@@ -931,7 +931,7 @@ conformance! {
 // ---- Beyond the 13 rules: panics and cancellation around the commit --------------------------
 
 conformance! {
-    /// A panicking before_commit hook fails the scope like a panicking body (DESIGN §3: roll
+    /// A panicking before_commit hook fails the scope like a panicking body (docs/SEMANTICS.md, "Outcome": roll
     /// back, then resume the panic): after_rollback(Panic) and after_completion(RolledBack) have
     /// run by the time the panic reaches the caller, and nothing is committed.
     async fn panicking_before_commit_rolls_back_then_resumes_the_panic<D>() {
@@ -984,7 +984,7 @@ conformance! {
 
 conformance! {
     /// The scope is dropped while its COMMIT is in flight: the server may still commit, so the
-    /// hooks must not claim a rollback (DESIGN §3: an unknown outcome is reported as such). The
+    /// hooks must not claim a rollback (docs/SEMANTICS.md, "Outcome": an unknown outcome is reported as such). The
     /// COMMIT is held open on the server: on PostgreSQL by a deferred constraint trigger that
     /// sleeps at COMMIT, on SQLite by a reader whose SHARED lock the COMMIT must wait for.
     async fn cancelled_during_commit_hooks_never_report_a_rollback_of_committed_data<D>() {

@@ -1,4 +1,4 @@
-//! NESTED scopes: savepoints, siblings, depth, rollback-only inside (DESIGN §2, §3).
+//! NESTED scopes: savepoints, siblings, depth, rollback-only inside (docs/SEMANTICS.md, "Propagation", "Outcome").
 
 use transactional::{Propagation::*, Transactional};
 

@@ -1,4 +1,4 @@
-//! Isolation, read-only, validation of joining scopes, timeout (DESIGN §4).
+//! Isolation, read-only, validation of joining scopes, timeout (docs/SEMANTICS.md, "Options").
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! Every cell of the propagation table (DESIGN §2), seen from a second connection.
+//! Every cell of the propagation table (docs/SEMANTICS.md, "Propagation"), seen from a second connection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

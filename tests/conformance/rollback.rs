@@ -1,5 +1,5 @@
 //! The outcome of a scope: rollback on Err, on panic, on a dropped future; rollback-only;
-//! rules that commit (DESIGN §3).
+//! rules that commit (docs/SEMANTICS.md, "Outcome").
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

@@ -17,7 +17,7 @@ pub(crate) enum Decision {
     Refuse,
 }
 
-/// DESIGN §2 as a function: `(mode, a transaction exists)` → what the scope does.
+/// The table of docs/SEMANTICS.md ("Propagation") as a function: `(mode, a transaction exists)` → what the scope does.
 pub(crate) const fn decide(propagation: Propagation, exists: bool) -> Decision {
     use Decision::*;
     use Propagation::*;
