@@ -1,0 +1,256 @@
+//! Lending the transaction's connection: lazy acquire and BEGIN, the cleanup of abandoned
+//! savepoints, lazy SAVEPOINTs, and the turn-taking of concurrent NESTED scopes.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{first_abandoned, Frame, Lease, Level, Open, Slot, Transaction};
+use crate::detach::Detachable;
+use crate::dialect::Dialect;
+use crate::driver::Conn;
+use crate::error::Error;
+
+/// What to send before lending the connection.
+#[derive(Default)]
+struct Prepare {
+    begin: bool,
+    settle: bool,
+    session: bool,
+    arm: bool,
+    /// The lowest abandoned savepoint: where it is in the stack, and its name.
+    cleanup: Option<(usize, String)>,
+    /// Savepoints of the borrower's NESTED levels not opened yet, outermost first.
+    open: Vec<(Weak<Level>, u64, String)>,
+}
+impl Transaction {
+    /// The connection for `frame`'s scope: begins the transaction and opens the savepoints
+    /// of its NESTED levels first, if not done yet. Waits while another user has it, or
+    /// while a concurrent NESTED scope's savepoint is open, for at most the pool's acquire
+    /// timeout.
+    pub(crate) async fn lend(self: &Arc<Self>, frame: &Arc<Frame>) -> Result<Lease, Error> {
+        let waited = self.data_source.source.acquire_timeout();
+        let limit = Instant::now() + waited;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(ready) = self.try_lend(frame)? {
+                return match ready {
+                    Ok(lease) => Ok(lease),
+                    Err((conn, plan)) => {
+                        Detachable::new(self.clone().prepare(frame.clone(), conn, plan)).await
+                    }
+                };
+            }
+            if tokio::time::timeout_at(limit, notified).await.is_err() {
+                return Err(self.busy(waited));
+            }
+        }
+    }
+
+    fn busy(&self, waited: Duration) -> Error {
+        let nested = matches!(self.lock().slot, Slot::Idle(_) | Slot::Empty);
+        Error::ConnectionBusy {
+            data_source: self.data_source.name.to_string(),
+            waited,
+            reason: if nested {
+                "a concurrent NESTED scope of this transaction kept its savepoint open"
+            } else {
+                "a connection guard of this transaction is still held"
+            },
+        }
+    }
+
+    /// `Ok(None)`: wait. `Ok(Some(Ok(lease)))`: lent. `Ok(Some(Err(..)))`: lent once these
+    /// statements have run.
+    #[allow(clippy::type_complexity)]
+    fn try_lend(
+        self: &Arc<Self>,
+        frame: &Arc<Frame>,
+    ) -> Result<Option<Result<Lease, (Option<Conn>, Prepare)>>, Error> {
+        if self.is_ended() || frame.level.is_ended() {
+            return Err(Error::TransactionFinished);
+        }
+        let mut st = self.lock();
+        if st.broken {
+            return Err(self.broken());
+        }
+        match st.slot {
+            Slot::Lent(_) | Slot::Busy => return Ok(None),
+            Slot::Empty if st.begun => return Err(Error::TransactionFinished),
+            Slot::Empty | Slot::Idle(_) => {}
+        }
+        let chain = frame.level.savepoint_chain();
+        let Some(opened) = eligible(&st.savepoints, &chain) else {
+            return Ok(None);
+        };
+        let timed = frame.deadline.is_some();
+        let dialect = self.dialect();
+        let mut plan = Prepare {
+            begin: !st.begun,
+            settle: st.interrupt_fired,
+            session: timed && st.session.is_none() && dialect.session_id().is_some(),
+            arm: timed && !st.interrupt_armed && dialect == Dialect::Sqlite,
+            cleanup: first_abandoned(&st.savepoints),
+            open: Vec::new(),
+        };
+        for level in &chain[opened..] {
+            let name = level.savepoint.clone().unwrap_or_default();
+            plan.open.push((Arc::downgrade(level), level.id, name));
+        }
+        let conn = match std::mem::replace(&mut st.slot, Slot::Busy) {
+            Slot::Idle(conn) => Some(conn),
+            _ => None,
+        };
+        let needs_work = plan.begin
+            || plan.settle
+            || plan.session
+            || plan.arm
+            || plan.cleanup.is_some()
+            || !plan.open.is_empty();
+        if !needs_work {
+            if let Some(conn) = conn {
+                st.slot = Slot::Lent(frame.clone());
+                return Ok(Some(Ok(self.lease(conn, frame))));
+            }
+        }
+        Ok(Some(Err((conn, plan))))
+    }
+
+    fn lease(self: &Arc<Self>, conn: Conn, holder: &Arc<Frame>) -> Lease {
+        Lease {
+            tx: self.clone(),
+            conn: Some(conn),
+            holder: holder.clone(),
+        }
+    }
+
+    /// Runs what must precede lending, then lends. Runs to completion even if the borrower
+    /// is dropped: the lease it returns then gives the connection straight back.
+    async fn prepare(
+        self: Arc<Self>,
+        frame: Arc<Frame>,
+        conn: Option<Conn>,
+        plan: Prepare,
+    ) -> Result<Lease, Error> {
+        let ds = &self.data_source;
+        let dialect = ds.dialect;
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => match ds.source.acquire().await {
+                Ok(conn) => conn,
+                Err(source) => {
+                    self.give_back(None);
+                    let exhausted = matches!(source, sqlx::Error::PoolTimedOut);
+                    return Err(Error::Acquire {
+                        data_source: ds.name.to_string(),
+                        hint: if self.suspends && exhausted {
+                            " (a REQUIRES_NEW scope needs a second connection while the suspended transaction holds one: give the pool more connections than concurrent nested scopes)"
+                        } else {
+                            ""
+                        },
+                        source,
+                    });
+                }
+            },
+        };
+        let session = plan.session && conn.reads_ints();
+        if plan.begin {
+            let begin = dialect.begin(
+                self.options.isolation,
+                self.options.read_only,
+                ds.settings.sqlite_begin_immediate,
+                session,
+            );
+            conn.set_clean(false);
+            let begun = match begin.returns_session {
+                true => conn.query_int(&begin.sql).await,
+                false => conn.run(&begin.sql).await.map(|()| None),
+            };
+            match begun {
+                Ok(session) => {
+                    let mut st = self.lock();
+                    st.begun = true;
+                    st.reset = begin.reset;
+                    if begin.returns_session {
+                        st.session = session;
+                    }
+                }
+                Err(source) => {
+                    // Its state is unknown: `conn` is closed as it is dropped.
+                    drop(conn);
+                    self.give_back(None);
+                    return Err(Error::Begin {
+                        data_source: ds.name.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        if plan.settle {
+            if let Err(error) = self.settle(&mut conn).await {
+                return Err(self.fail(conn, error));
+            }
+        }
+        if session && !plan.begin {
+            let query = dialect.session_id().unwrap_or_default();
+            match conn.query_int(query).await {
+                Ok(session) => self.lock().session = session,
+                Err(source) => return Err(self.fail(conn, self.statement_error(source))),
+            }
+        }
+        if plan.arm {
+            match conn.get_mut().arm_interrupt(self.interrupt.clone()).await {
+                Ok(armed) => self.lock().interrupt_armed = armed,
+                Err(source) => return Err(self.fail(conn, self.statement_error(source))),
+            }
+        }
+        if let Some((at, name)) = plan.cleanup {
+            if let Err(error) = self.roll_back_to(&mut conn, at, &name).await {
+                return Err(self.fail(conn, error));
+            }
+        }
+        for (scope, level, name) in plan.open {
+            match conn.run_control(&dialect.savepoint(&name)).await {
+                Ok(_) => self.lock().savepoints.push(Open {
+                    level,
+                    scope,
+                    name,
+                    abandoned: false,
+                }),
+                Err(source) => {
+                    self.give_back(Some(conn));
+                    return Err(Error::Savepoint {
+                        data_source: ds.name.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        let mut st = self.lock();
+        if self.is_ended() || frame.level.is_ended() {
+            drop(st);
+            self.give_back(Some(conn));
+            return Err(Error::TransactionFinished);
+        }
+        st.slot = Slot::Lent(frame.clone());
+        Ok(self.lease(conn, &frame))
+    }
+}
+
+/// Whether a level whose savepoint chain is `chain` may use the connection: `Some(n)` when the
+/// live open savepoints (those below the first abandoned one) are the first `n` of `chain`, so
+/// it may once the rest of its chain is opened; `None` while another scope's savepoint is open
+/// (a concurrent NESTED scope: savepoints are a stack, so they take turns).
+fn eligible(open: &[Open], chain: &[Arc<Level>]) -> Option<usize> {
+    let mut n = 0;
+    for open in open.iter().take_while(|o| !o.is_abandoned()) {
+        match chain.get(n) {
+            Some(level) if level.id == open.level => n += 1,
+            _ => return None,
+        }
+    }
+    Some(n)
+}
