@@ -1,0 +1,127 @@
+//! The runtime's modules import one way, in the direction the data flows
+//! (docs/ARCHITECTURE.md, "Modules"): this reads every `crate::<module>` reference in `src/`
+//! (imports, paths and doc links alike) and fails on a cycle between top-level modules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+/// The top-level module of a file under `src/`, or `None` for `lib.rs`.
+fn module_of(relative: &Path) -> Option<String> {
+    let first = relative
+        .components()
+        .next()?
+        .as_os_str()
+        .to_str()?
+        .to_owned();
+    match first.strip_suffix(".rs") {
+        Some("lib") => None,
+        Some(name) => Some(name.to_owned()),
+        None => Some(first),
+    }
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every `crate::name` in `source` where `name` is one of `modules`.
+fn references(source: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if modules.contains(&name) {
+            found.insert(name);
+        }
+    }
+    found
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let modules: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| module_of(f.strip_prefix(&src).unwrap()))
+        .collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let Some(module) = module_of(file.strip_prefix(&src).unwrap()) else {
+            continue;
+        };
+        let source = fs::read_to_string(file).unwrap();
+        let edges = graph.entry(module.clone()).or_default();
+        for target in references(&source, &modules) {
+            if target != module {
+                edges.insert(target);
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle through `start`, as the list of modules on it.
+fn cycle_from(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    start: &str,
+    at: &str,
+    path: &mut Vec<String>,
+    seen: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    for next in graph.get(at).into_iter().flatten() {
+        if next == start {
+            let mut cycle = path.clone();
+            cycle.push(start.to_owned());
+            return Some(cycle);
+        }
+        if seen.insert(next.clone()) {
+            path.push(next.clone());
+            if let Some(cycle) = cycle_from(graph, start, next, path, seen) {
+                return Some(cycle);
+            }
+            path.pop();
+        }
+    }
+    None
+}
+
+#[test]
+fn the_runtime_modules_import_one_way() {
+    let graph = graph();
+    assert!(graph.len() > 10, "found the modules: {graph:?}");
+    let mut cycles = Vec::new();
+    for module in graph.keys() {
+        let mut path = vec![module.clone()];
+        if let Some(cycle) = cycle_from(&graph, module, module, &mut path, &mut BTreeSet::new()) {
+            cycles.push(cycle.join(" -> "));
+        }
+    }
+    assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+}
+
+#[test]
+fn testing_support_sits_on_top() {
+    let graph = graph();
+    let users: Vec<&String> = graph
+        .iter()
+        .filter(|(_, edges)| edges.contains("testing"))
+        .map(|(module, _)| module)
+        .collect();
+    assert!(
+        users.is_empty(),
+        "the core must not import testing: {users:?}"
+    );
+}
