@@ -341,6 +341,13 @@ where
         Self::with_pool(test, 5, Duration::from_secs(5)).await
     }
 
+    /// A second world for a test whose first one exists (so its database is not skipped).
+    pub async fn also(test: &str) -> Self {
+        Self::new(test)
+            .await
+            .expect("the test's database is not skipped")
+    }
+
     pub async fn with_pool(
         test: &str,
         max_connections: u32,
@@ -632,16 +639,37 @@ impl Log {
     }
 }
 
-/// Declares a test generic over `D: TestDb` and instantiates it for each database.
+/// A scope with propagation `p`, as tests spell it: `scope(RequiresNew).run(...)`.
+pub fn scope(p: transactional::Propagation) -> transactional::Transactional {
+    transactional::Transactional::new().propagation(p)
+}
+
+/// Declares a test written once for every database, and runs it on PostgreSQL, MariaDB/MySQL
+/// and SQLite, each with its own pool registered as `"default"` and its own table:
+///
+/// ```ignore
+/// conformance! {
+///     /// What the test shows.
+///     async fn name(env: Env<D>) { /* body, generic over `D: TestDb` */ }
+/// }
+/// conformance! {
+///     async fn small_pool(env: Env<D>, pool(1, Duration::from_millis(500))) { /* … */ }
+/// }
+/// ```
 #[macro_export]
 macro_rules! conformance {
-    ($(#[$meta:meta])* async fn $name:ident<D>() $body:block) => {
+    ($(#[$meta:meta])* async fn $name:ident($env:ident: Env<D> $(, pool($max:expr, $wait:expr))?) $body:block) => {
         $(#[$meta])*
         async fn $name<D: $crate::common::TestDb>()
         where
             for<'c> &'c mut <D::DB as sqlx::Database>::Connection:
                 sqlx::Executor<'c, Database = D::DB>,
-        $body
+        {
+            let Some($env) = $crate::conformance!(@env D, $name $(, $max, $wait)?) else {
+                return;
+            };
+            $body
+        }
 
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,5 +685,11 @@ macro_rules! conformance {
                 super::$name::<$crate::common::Lite>().await
             }
         }
+    };
+    (@env $d:ident, $name:ident) => {
+        $crate::common::Env::<$d>::new(stringify!($name)).await
+    };
+    (@env $d:ident, $name:ident, $max:expr, $wait:expr) => {
+        $crate::common::Env::<$d>::with_pool(stringify!($name), $max, $wait).await
     };
 }

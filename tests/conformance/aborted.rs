@@ -19,8 +19,7 @@ conformance! {
     /// A failing statement whose error the body swallows: on PostgreSQL the transaction was
     /// aborted, so COMMIT cannot happen and the scope says so; MySQL and SQLite undo only the
     /// failed statement and commit the rest.
-    async fn a_swallowed_statement_error_is_not_reported_as_a_commit<D>() {
-        let Some(env) = Env::<D>::new("aborted_swallowed").await else { return };
+    async fn a_swallowed_statement_error_is_not_reported_as_a_commit(env: Env<D>) {
         let log = Log::default();
         let r: AppResult<()> = env.run(Transactional::new().run(async {
             env.insert(1).await?;
@@ -47,8 +46,7 @@ conformance! {
     /// A transaction ended behind the scope's back (here by a raw `ROLLBACK` sent on its
     /// connection; a deadlock does the same on MySQL): the later writes autocommit, and the
     /// scope reports that its own COMMIT did not happen instead of claiming success.
-    async fn a_transaction_ended_underneath_is_reported<D>() {
-        let Some(env) = Env::<D>::new("aborted_underneath").await else { return };
+    async fn a_transaction_ended_underneath_is_reported(env: Env<D>) {
         let log = Log::default();
         let r: AppResult<()> = env.run(Transactional::new().run(async {
             env.insert(1).await?;
@@ -67,8 +65,7 @@ conformance! {
     /// Inside a NESTED scope, a failed statement whose error is swallowed: on PostgreSQL the
     /// savepoint cannot be released, so it is rolled back to instead and the NESTED scope
     /// returns `Aborted`; the outer transaction goes on and commits its own work.
-    async fn a_nested_scope_with_a_swallowed_failure_rolls_back_to_its_savepoint<D>() {
-        let Some(env) = Env::<D>::new("aborted_nested").await else { return };
+    async fn a_nested_scope_with_a_swallowed_failure_rolls_back_to_its_savepoint(env: Env<D>) {
         let r: AppResult<()> = env.run(Transactional::new().run(async {
             env.insert(1).await?;
             let nested: AppResult<()> = Transactional::new().propagation(Nested).run(async {

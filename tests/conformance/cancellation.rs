@@ -8,12 +8,8 @@ use std::time::Duration;
 
 use transactional::{Propagation::*, Transactional};
 
-use crate::common::{poll_at_most, AppError, AppResult, Env, Log, TestDb};
+use crate::common::{poll_at_most, scope, AppError, AppResult, Env, Log, TestDb};
 use crate::conformance;
-
-fn scope(p: transactional::Propagation) -> Transactional {
-    Transactional::new().propagation(p)
-}
 
 /// The shapes, each writing ids from `base`.
 #[derive(Debug, Clone, Copy)]
@@ -198,8 +194,7 @@ where
 
 conformance! {
     /// Every shape, dropped after each of its polls in turn.
-    async fn dropped_at_every_await_the_rows_pool_and_hooks_agree<D>() {
-        let Some(env) = Env::<D>::with_pool("drop_every_await", 2, Duration::from_secs(5)).await else { return };
+    async fn dropped_at_every_await_the_rows_pool_and_hooks_agree(env: Env<D>, pool(2, Duration::from_secs(5))) {
         for (n, shape) in Shape::ALL.into_iter().enumerate() {
             let mut completed = false;
             for k in 1..400 {
@@ -222,8 +217,7 @@ conformance! {
     /// Item 4: a NESTED scope dropped at each of its awaits, its ROLLBACK TO SAVEPOINT or
     /// RELEASE included, while the transaction around it goes on and commits: the failed
     /// NESTED work is never committed, and the released one's hooks run only if it is.
-    async fn a_nested_scope_dropped_while_ending_never_leaves_its_failed_work<D>() {
-        let Some(env) = Env::<D>::new("drop_nested_ending").await else { return };
+    async fn a_nested_scope_dropped_while_ending_never_leaves_its_failed_work(env: Env<D>) {
         for fails in [true, false] {
             for k in 1..200 {
                 let base = (k as i64 + if fails { 0 } else { 200 }) * 100;
@@ -268,8 +262,7 @@ conformance! {
     /// Item 5: a NESTED scope holding another NESTED scope, dropped at each await while the
     /// outer transaction goes on: the savepoints are rolled back innermost first (no "savepoint
     /// does not exist"), and the outer transaction commits its own work.
-    async fn nested_in_nested_dropped_keeps_the_outer_transaction_usable<D>() {
-        let Some(env) = Env::<D>::new("drop_nested_in_nested").await else { return };
+    async fn nested_in_nested_dropped_keeps_the_outer_transaction_usable(env: Env<D>) {
         for k in 1..300 {
             let base = k as i64 * 100;
             let r: AppResult<bool> = env.run(scope(Required).run(async {
@@ -306,8 +299,7 @@ conformance! {
 conformance! {
     /// Item 6: dropped while its after-commit hooks run: the commit happened, so every hook
     /// still runs, in order.
-    async fn dropped_while_after_commit_hooks_run_all_hooks_still_run<D>() {
-        let Some(env) = Env::<D>::new("drop_in_hooks").await else { return };
+    async fn dropped_while_after_commit_hooks_run_all_hooks_still_run(env: Env<D>) {
         let log = Log::default();
         let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
         let started_tx = std::sync::Mutex::new(Some(started_tx));
@@ -339,9 +331,8 @@ conformance! {
     /// Item 7: a dropped scope's hooks run after its caller has moved on, so they see no
     /// transaction of any data source: a hook writing through "default" does not slip into
     /// the caller's transaction, which commits its own work normally.
-    async fn hooks_of_a_dropped_scope_do_not_touch_another_transaction<D>() {
-        let Some(env) = Env::<D>::new("drop_hooks_context").await else { return };
-        let Some(other) = Env::<D>::new("drop_hooks_context_other").await else { return };
+    async fn hooks_of_a_dropped_scope_do_not_touch_another_transaction(env: Env<D>) {
+        let other = Env::<D>::also("drop_hooks_context_other").await;
         let seen = Log::default();
         let r: AppResult<()> = env.run(transactional::with_data_source("other", other.pool.clone(), scope(Required).run(async {
             env.insert(1).await?;

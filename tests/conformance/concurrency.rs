@@ -6,21 +6,16 @@
 
 use std::time::Duration;
 
-use transactional::{Propagation::*, Transactional};
+use transactional::Propagation::*;
 
-use crate::common::{AppError, AppResult, Env, Log};
+use crate::common::{scope, AppError, AppResult, Log};
 use crate::conformance;
-
-fn scope(p: transactional::Propagation) -> Transactional {
-    Transactional::new().propagation(p)
-}
 
 conformance! {
     /// `join!` of three NESTED calls, the second failing: each runs in its own savepoint, one at
     /// a time, so the failure undoes only its own rows; the outer commits the other two, and
     /// only their after-commit hooks run.
-    async fn joined_nested_scopes_take_turns_and_a_failure_undoes_only_its_own<D>() {
-        let Some(env) = Env::<D>::new("concurrent_nested").await else { return };
+    async fn joined_nested_scopes_take_turns_and_a_failure_undoes_only_its_own(env: Env<D>) {
         let log = Log::default();
         let step = |id: i64, fails: bool| {
             let (env, log) = (&env, log.clone());
@@ -51,8 +46,7 @@ conformance! {
 conformance! {
     /// While a NESTED scope's savepoint is open, work of the outer scope running beside it
     /// (`join!`) waits for it to end, so the NESTED scope's failure cannot erase it.
-    async fn work_beside_an_open_savepoint_waits_for_it<D>() {
-        let Some(env) = Env::<D>::new("concurrent_beside_nested").await else { return };
+    async fn work_beside_an_open_savepoint_waits_for_it(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let nested = scope(Nested).run(async {
                 env.insert(1).await?;
@@ -75,8 +69,7 @@ conformance! {
 conformance! {
     /// Concurrent joined REQUIRED scopes share the transaction, statement by statement: both
     /// commit with the owner, and one failing marks the whole transaction.
-    async fn joined_required_scopes_run_concurrently_on_one_transaction<D>() {
-        let Some(env) = Env::<D>::new("concurrent_joined").await else { return };
+    async fn joined_required_scopes_run_concurrently_on_one_transaction(env: Env<D>) {
         let write = |id: i64, fails: bool| {
             let env = &env;
             scope(Required).run(async move {

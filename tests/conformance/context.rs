@@ -10,18 +10,13 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use transactional::{ConnectionGuard, Propagation::*, Transactional};
 
-use crate::common::{AppError, AppResult, Env};
+use crate::common::{scope, AppError, AppResult, Env};
 use crate::conformance;
-
-fn scope(p: transactional::Propagation) -> Transactional {
-    Transactional::new().propagation(p)
-}
 
 conformance! {
     /// After a REQUIRES_NEW or NOT_SUPPORTED inner scope panics, the outer again sees its own
     /// transaction and connection, and commits.
-    async fn outer_resumes_after_an_inner_panic<D>() {
-        let Some(env) = Env::<D>::new("resume_after_panic").await else { return };
+    async fn outer_resumes_after_an_inner_panic(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             for mode in [RequiresNew, NotSupported] {
@@ -49,8 +44,7 @@ conformance! {
     /// REQUIRES_NEW needs a second connection while the outer holds one. With a pool of one,
     /// the inner begin fails with a clear error within the acquire timeout (no deadlock,
     /// Spring #26250), and the outer is intact and commits.
-    async fn requires_new_on_an_exhausted_pool_fails_clearly_and_leaves_the_outer_intact<D>() {
-        let Some(env) = Env::<D>::with_pool("requires_new_pool_of_one", 1, Duration::from_millis(500)).await else { return };
+    async fn requires_new_on_an_exhausted_pool_fails_clearly_and_leaves_the_outer_intact(env: Env<D>, pool(1, Duration::from_millis(500))) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             let inner: AppResult<()> = scope(RequiresNew).run(env.insert(2)).await;
@@ -71,8 +65,7 @@ conformance! {
     /// A guard kept past the end of its scope: the scope fails and rolls back, using the guard
     /// panics with "transaction already finished", and dropping it returns the connection to
     /// the pool outside any transaction.
-    async fn a_guard_that_outlives_its_scope_fails_loudly<D>() {
-        let Some(env) = Env::<D>::with_pool("guard_outlives", 1, Duration::from_secs(5)).await else { return };
+    async fn a_guard_that_outlives_its_scope_fails_loudly(env: Env<D>, pool(1, Duration::from_secs(5))) {
         let leaked: Arc<Mutex<Option<ConnectionGuard<D::DB>>>> = Arc::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
@@ -98,8 +91,7 @@ conformance! {
 conformance! {
     /// A spawned task starts with no transaction: it autocommits on its own pooled connection
     /// (documented), even when the scope that spawned it rolls back.
-    async fn a_spawned_task_starts_without_a_transaction<D>() {
-        let Some(env) = Env::<D>::new("spawned_task").await else { return };
+    async fn a_spawned_task_starts_without_a_transaction(env: Env<D>) {
         let env = Arc::new(env);
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
@@ -125,8 +117,7 @@ conformance! {
 conformance! {
     /// `join!` inside a scope: both branches share the transaction (its connection serialises
     /// them), and both roll back together.
-    async fn joined_futures_share_the_transaction<D>() {
-        let Some(env) = Env::<D>::new("join_shares").await else { return };
+    async fn joined_futures_share_the_transaction(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             let (a, b) = tokio::join!(
@@ -147,9 +138,7 @@ conformance! {
     /// 200 concurrent tasks, each in its own transaction: none sees another's uncommitted rows
     /// (odd ids always roll back, so no task may ever see an odd id but its own), no two share a
     /// connection at once, and exactly the even ids are committed.
-    async fn concurrent_transactions_are_isolated<D>() {
-        let max = if D::SINGLE_WRITER { 4 } else { 10 };
-        let Some(env) = Env::<D>::with_pool("concurrent_200", max, Duration::from_secs(30)).await else { return };
+    async fn concurrent_transactions_are_isolated(env: Env<D>, pool(if D::SINGLE_WRITER { 4 } else { 10 }, Duration::from_secs(30))) {
         let env = Arc::new(env);
         let in_use: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let mut tasks = Vec::new();
@@ -186,9 +175,8 @@ conformance! {
     /// mean that data source; the default one is still reached by name. A row written through
     /// `connection()` in an "audit" scope is committed with the audit transaction, not rolled
     /// back with the default one around it.
-    async fn connection_means_the_data_source_of_the_innermost_scope<D>() {
-        let Some(env) = Env::<D>::new("current_ds_default").await else { return };
-        let Some(audit) = Env::<D>::new("current_ds_audit").await else { return };
+    async fn connection_means_the_data_source_of_the_innermost_scope(env: Env<D>) {
+        let audit = Env::<D>::also("current_ds_audit").await;
         let r: AppResult<()> = env.run(transactional::with_data_source("audit", audit.pool.clone(), scope(Required).run(async {
             env.insert(1).await?;
             let audited: AppResult<()> = Transactional::new().data_source("audit").run(async {
@@ -217,8 +205,7 @@ conformance! {
     /// `GuardOutlivedScope` (its own guard can never come back while it waits), instead of
     /// waiting the pool's acquire timeout; once the guard is dropped the outer goes on and
     /// commits, without the NESTED scope's work.
-    async fn a_nested_scope_that_keeps_its_guard_fails_at_once<D>() {
-        let Some(env) = Env::<D>::with_pool("nested_keeps_guard", 2, Duration::from_secs(5)).await else { return };
+    async fn a_nested_scope_that_keeps_its_guard_fails_at_once(env: Env<D>, pool(2, Duration::from_secs(5))) {
         let started = std::time::Instant::now();
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use transactional::{Propagation::*, Transactional};
 
-use crate::common::{AppError, AppResult, Env, Log};
+use crate::common::{AppError, AppResult, Log};
 use crate::conformance;
 
 fn timed(p: transactional::Propagation, ms: u64) -> Transactional {
@@ -36,8 +36,7 @@ conformance! {
     /// A statement still running at the deadline is cancelled on the server: the call returns
     /// `Timeout` within moments of the deadline, nothing is committed, no session is left in a
     /// transaction, and the pool is clean and idle.
-    async fn a_running_statement_is_cancelled_at_the_deadline<D>() {
-        let Some(env) = Env::<D>::with_pool("deadline_statement", 2, Duration::from_secs(5)).await else { return };
+    async fn a_running_statement_is_cancelled_at_the_deadline(env: Env<D>, pool(2, Duration::from_secs(5))) {
         let log = Log::default();
         let started = Instant::now();
         let r: AppResult<()> = env.run(timed(Required, 500).run(async {
@@ -62,11 +61,10 @@ conformance! {
     /// it suspended, returns `Timeout` at its deadline; the outer transaction goes on and
     /// commits. (Not on SQLite: its one writer makes the inner write wait for `busy_timeout`,
     /// which no interrupt shortens.)
-    async fn requires_new_blocked_by_the_suspended_transaction_times_out<D>() {
+    async fn requires_new_blocked_by_the_suspended_transaction_times_out(env: Env<D>) {
         if D::SINGLE_WRITER {
             return;
         }
-        let Some(env) = Env::<D>::new("deadline_lock").await else { return };
         let started = Instant::now();
         let r: AppResult<()> = env.run(Transactional::new().run(async {
             env.insert(1).await?;
@@ -84,8 +82,7 @@ conformance! {
 conformance! {
     /// Before-commit hooks count against the deadline: a slow one makes the scope roll back
     /// with `Timeout` instead of committing late.
-    async fn before_commit_hooks_count_against_the_deadline<D>() {
-        let Some(env) = Env::<D>::new("deadline_before_commit").await else { return };
+    async fn before_commit_hooks_count_against_the_deadline(env: Env<D>) {
         let started = Instant::now();
         let r: AppResult<()> = env.run(timed(Required, 300).run(async {
             env.insert(1).await?;
@@ -104,8 +101,7 @@ conformance! {
 
 conformance! {
     /// A timeout past the end of time (`Duration::MAX`) means no deadline; it does not panic.
-    async fn a_timeout_past_the_end_of_time_is_no_deadline<D>() {
-        let Some(env) = Env::<D>::new("deadline_max").await else { return };
+    async fn a_timeout_past_the_end_of_time_is_no_deadline(env: Env<D>) {
         let r: AppResult<()> = env.run(Transactional::new().timeout(Duration::MAX).run(env.insert(1))).await;
         r.unwrap();
         assert_eq!(env.ids().await, [1]);
@@ -115,8 +111,7 @@ conformance! {
 conformance! {
     /// A joined scope's deadline cancels its own statement and marks the transaction
     /// rollback-only: the owner then gets `UnexpectedRollback`, and nothing is committed.
-    async fn a_joined_scope_that_times_out_marks_the_transaction<D>() {
-        let Some(env) = Env::<D>::new("deadline_joined").await else { return };
+    async fn a_joined_scope_that_times_out_marks_the_transaction(env: Env<D>) {
         let started = Instant::now();
         let r: AppResult<()> = env.run(Transactional::new().run(async {
             env.insert(1).await?;
@@ -136,8 +131,7 @@ conformance! {
     /// A NESTED scope's deadline cancels its statement and rolls back to its savepoint; the
     /// outer transaction goes on and commits its own work. (The slow statement only reads: on
     /// SQLite an interrupted write rolls the whole transaction back.)
-    async fn a_nested_scope_that_times_out_rolls_back_to_its_savepoint<D>() {
-        let Some(env) = Env::<D>::new("deadline_nested").await else { return };
+    async fn a_nested_scope_that_times_out_rolls_back_to_its_savepoint(env: Env<D>) {
         let started = Instant::now();
         let r: AppResult<()> = env.run(Transactional::new().run(async {
             env.insert(1).await?;
@@ -158,8 +152,7 @@ conformance! {
 conformance! {
     /// Options that can never apply are refused before the body runs: a scope that never
     /// begins a transaction cannot have an isolation level, be read-only, or time out.
-    async fn options_that_cannot_apply_are_refused<D>() {
-        let Some(env) = Env::<D>::new("deadline_refused").await else { return };
+    async fn options_that_cannot_apply_are_refused(env: Env<D>) {
         for p in [Never, NotSupported, Supports] {
             for tx in [
                 Transactional::new().propagation(p).timeout(Duration::from_secs(1)),

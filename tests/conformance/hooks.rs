@@ -11,12 +11,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use transactional::{BoxError, Propagation::*, Transactional};
 
-use crate::common::{AppError, AppResult, Env, TestDb};
+use crate::common::{scope, AppError, AppResult, Env, TestDb};
 use crate::conformance;
-
-fn scope(p: transactional::Propagation) -> Transactional {
-    Transactional::new().propagation(p)
-}
 
 /// What the hooks did, in the order they did it.
 #[derive(Clone, Default)]
@@ -115,8 +111,7 @@ conformance! {
     /// before_commit runs inside the transaction, before COMMIT, in registration order: it sees
     /// the transaction as current, its write is committed with the rest, and nothing is visible
     /// to the observer while it runs.
-    async fn before_commit_runs_inside_the_transaction_in_registration_order<D>() {
-        let Some(env) = Env::<D>::new("before_commit_inside").await else { return };
+    async fn before_commit_runs_inside_the_transaction_in_registration_order(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -150,8 +145,7 @@ conformance! {
     /// A failing before_commit rolls the transaction back (its rows and those of earlier hooks
     /// are absent), the scope returns Error::BeforeCommit, later before_commit hooks do not run,
     /// after_rollback gets BeforeCommitFailed and after_completion RolledBack; after_commit never.
-    async fn failing_before_commit_rolls_back_and_stops_later_hooks<D>() {
-        let Some(env) = Env::<D>::new("before_commit_fails").await else { return };
+    async fn failing_before_commit_rolls_back_and_stops_later_hooks(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -194,8 +188,7 @@ conformance! {
     /// after_commit hooks run once each, in registration order, after COMMIT: the observer
     /// already sees the data from inside the first one. after_completion(Committed) runs after
     /// all after_commit hooks, even when registered before them.
-    async fn after_commit_runs_once_in_order_after_the_data_is_committed<D>() {
-        let Some(env) = Env::<D>::new("after_commit_order").await else { return };
+    async fn after_commit_runs_once_in_order_after_the_data_is_committed(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<&str> = env.run(scope(Required).run(async {
@@ -237,8 +230,7 @@ const ROLLED_BACK_BY_ERROR: [&str; 2] =
 
 conformance! {
     /// The body returns Err: after_rollback(Error), after_completion(RolledBack), no after_commit.
-    async fn after_rollback_cause_error<D>() {
-        let Some(env) = Env::<D>::new("rollback_cause_error").await else { return };
+    async fn after_rollback_cause_error(env: Env<D>) {
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
             record_outcome(&log, "tx").await;
@@ -254,8 +246,7 @@ conformance! {
 conformance! {
     /// The body panics: after_rollback(Panic), after_completion(RolledBack), and the panic still
     /// reaches the caller.
-    async fn after_rollback_cause_panic<D>() {
-        let Some(env) = Env::<D>::new("rollback_cause_panic").await else { return };
+    async fn after_rollback_cause_panic(env: Env<D>) {
         let log = Log::default();
         let caught = AssertUnwindSafe(env.run(scope(Required).run(async {
             record_outcome(&log, "tx").await;
@@ -275,8 +266,7 @@ conformance! {
 
 conformance! {
     /// The scope's own timeout: after_rollback(Timeout).
-    async fn after_rollback_cause_timeout<D>() {
-        let Some(env) = Env::<D>::new("rollback_cause_timeout").await else { return };
+    async fn after_rollback_cause_timeout(env: Env<D>) {
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).timeout(Duration::from_millis(300)).run(async {
             record_outcome(&log, "tx").await;
@@ -293,8 +283,7 @@ conformance! {
 conformance! {
     /// set_rollback_only() in the owning scope: after_rollback(RollbackOnly), and the scope
     /// still returns its Ok.
-    async fn after_rollback_cause_rollback_only<D>() {
-        let Some(env) = Env::<D>::new("rollback_cause_rb_only").await else { return };
+    async fn after_rollback_cause_rollback_only(env: Env<D>) {
         let log = Log::default();
         let r: AppResult<u8> = env.run(scope(Required).run(async {
             record_outcome(&log, "tx").await;
@@ -310,8 +299,7 @@ conformance! {
 
 conformance! {
     /// A joined scope fails and the owner swallows the error: after_rollback(UnexpectedRollback).
-    async fn after_rollback_cause_unexpected_rollback<D>() {
-        let Some(env) = Env::<D>::new("rollback_cause_unexpected").await else { return };
+    async fn after_rollback_cause_unexpected_rollback(env: Env<D>) {
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
             record_outcome(&log, "tx").await;
@@ -329,8 +317,7 @@ conformance! {
 conformance! {
     /// The scope's future is dropped (tokio::time::timeout around it): the hooks run in the
     /// background with after_rollback(Cancelled), once.
-    async fn after_rollback_cause_cancelled<D>() {
-        let Some(env) = Env::<D>::new("rollback_cause_cancelled").await else { return };
+    async fn after_rollback_cause_cancelled(env: Env<D>) {
         let log = Log::default();
         let r = tokio::time::timeout(Duration::from_millis(300), env.run(scope(Required).run(async {
             record_outcome(&log, "tx").await;
@@ -353,8 +340,7 @@ conformance! {
 conformance! {
     /// Hooks registered in a joined (REQUIRED in REQUIRED) scope belong to the owner: they have
     /// not run when the inner call returns, and run when the owner commits (or rolls back).
-    async fn joined_scope_hooks_run_when_the_owner_completes<D>() {
-        let Some(env) = Env::<D>::new("joined_hooks").await else { return };
+    async fn joined_scope_hooks_run_when_the_owner_completes(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -411,8 +397,7 @@ conformance! {
 conformance! {
     /// Hooks of a NESTED scope whose savepoint is released move to the outer transaction: not
     /// run at the release, run when the outer commits.
-    async fn hooks_of_a_released_savepoint_run_at_the_outer_commit<D>() {
-        let Some(env) = Env::<D>::new("released_savepoint_hooks").await else { return };
+    async fn hooks_of_a_released_savepoint_run_at_the_outer_commit(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -448,8 +433,7 @@ conformance! {
     /// after_rollback: the transaction itself commits), together with the hooks of a deeper
     /// NESTED scope that had been released into it. Its before_commit hooks too: their writes
     /// would show.
-    async fn hooks_of_a_rolled_back_savepoint_are_discarded_with_those_released_into_it<D>() {
-        let Some(env) = Env::<D>::new("rolled_back_savepoint_hooks").await else { return };
+    async fn hooks_of_a_rolled_back_savepoint_are_discarded_with_those_released_into_it(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -494,8 +478,7 @@ conformance! {
     /// returns to the outer; the outer's hooks are untouched by the inner outcome (the inner
     /// rollback fires no outer after_rollback; the outer after_commit runs once, at the outer
     /// commit). The inner scopes write before the outer does (SQLite's single writer).
-    async fn requires_new_hooks_run_when_the_inner_transaction_completes<D>() {
-        let Some(env) = Env::<D>::new("requires_new_hooks").await else { return };
+    async fn requires_new_hooks_run_when_the_inner_transaction_completes(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -540,8 +523,7 @@ conformance! {
     /// NOT_SUPPORTED inside a transaction: no transaction is current, so an after_commit
     /// registered there runs at once (before the outer commits: the observer sees nothing yet);
     /// the outer's hooks still run at the outer's commit, once.
-    async fn not_supported_inside_a_transaction_runs_after_commit_at_once<D>() {
-        let Some(env) = Env::<D>::new("not_supported_hooks").await else { return };
+    async fn not_supported_inside_a_transaction_runs_after_commit_at_once(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -581,12 +563,11 @@ conformance! {
     /// COMMIT fails on the server (a DEFERRABLE INITIALLY DEFERRED foreign key, checked at
     /// COMMIT): the scope returns Error::Commit { outcome_unknown: false }, after_rollback gets
     /// CommitFailed and after_completion RolledBack; after_commit never runs; nothing is saved.
-    async fn commit_failing_on_the_server_runs_after_rollback_not_after_commit<D>() {
+    async fn commit_failing_on_the_server_runs_after_rollback_not_after_commit(env: Env<D>) {
         if D::NAME == "mysql" {
             eprintln!("skipping on mysql: MariaDB/MySQL have no deferred constraints (InnoDB checks foreign keys per statement), so a COMMIT cannot fail on a healthy connection");
             return;
         }
-        let Some(env) = Env::<D>::new("commit_fails").await else { return };
         let (parent, child) = (format!("{}_parent", env.table), format!("{}_child", env.table));
         observe(&env, format!("DROP TABLE IF EXISTS {child}")).await;
         observe(&env, format!("DROP TABLE IF EXISTS {parent}")).await;
@@ -623,8 +604,7 @@ conformance! {
     /// Inside after_commit (and after_rollback) no transaction is current: a REQUIRED scope
     /// called from the hook begins a new transaction, and its row is committed (in Spring it
     /// would join the finished transaction and be lost).
-    async fn required_scope_in_an_after_hook_begins_a_new_transaction<D>() {
-        let Some(env) = Env::<D>::new("required_in_hook").await else { return };
+    async fn required_scope_in_an_after_hook_begins_a_new_transaction(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -667,8 +647,7 @@ conformance! {
 conformance! {
     /// An after_commit hook that returns Err or panics does not turn the committed call into an
     /// error and does not stop the following hooks; each failure is logged at error level.
-    async fn failing_or_panicking_after_commit_does_not_undo_the_commit<D>() {
-        let Some(env) = Env::<D>::new("after_commit_fails").await else { return };
+    async fn failing_or_panicking_after_commit_does_not_undo_the_commit(env: Env<D>) {
         let capture = Capture::default();
         let _subscriber = capture.subscribe();
         let log = Log::default();
@@ -713,8 +692,7 @@ conformance! {
     /// before the registering call returns; before_commit runs at once and its failure is
     /// returned from the call; after_rollback never runs, even when the surrounding
     /// transaction-less scope fails.
-    async fn outside_a_transaction_hooks_run_at_once_and_after_rollback_never<D>() {
-        let Some(env) = Env::<D>::new("hooks_outside").await else { return };
+    async fn outside_a_transaction_hooks_run_at_once_and_after_rollback_never(env: Env<D>) {
         let log = Log::default();
         let r: AppResult<()> = env.run(async {
             assert!(!transactional::is_active());
@@ -766,9 +744,8 @@ conformance! {
     /// that scope's commit, not at the default's. Inside a scope on "other", the free functions
     /// mean "other"; a hook registered there for "default" by name runs at once when no default
     /// transaction exists, and at the default's commit when one does.
-    async fn hooks_attach_to_the_transaction_of_their_data_source<D>() {
-        let Some(env) = Env::<D>::new("hooks_default_ds").await else { return };
-        let Some(other) = Env::<D>::new("hooks_other_ds").await else { return };
+    async fn hooks_attach_to_the_transaction_of_their_data_source(env: Env<D>) {
+        let other = Env::<D>::also("hooks_other_ds").await;
         let (env, other) = (Arc::new(env), Arc::new(other));
         let on_other = || Transactional::new().data_source("other");
 
@@ -836,8 +813,7 @@ conformance! {
     /// write is committed); an after_commit registered by a before_commit attaches to the
     /// transaction; an after_commit registered by an after_commit finds no transaction and runs
     /// at once, within the registering hook.
-    async fn hooks_registered_by_running_hooks<D>() {
-        let Some(env) = Env::<D>::new("hooks_register_hooks").await else { return };
+    async fn hooks_registered_by_running_hooks(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r: AppResult<()> = env.run(scope(Required).run(async {
@@ -886,8 +862,7 @@ conformance! {
     /// With a pool of ONE connection, an after_commit (or after_rollback) hook can take a
     /// connection outside any transaction, or run a REQUIRED scope: the transaction's connection
     /// is back in the pool by then (no wait for the 2 s acquire timeout, no deadlock).
-    async fn hooks_run_after_the_connection_is_back_in_the_pool<D>() {
-        let Some(env) = Env::<D>::with_pool("hooks_pool_of_one", 1, Duration::from_secs(2)).await else { return };
+    async fn hooks_run_after_the_connection_is_back_in_the_pool(env: Env<D>, pool(1, Duration::from_secs(2))) {
         let env = Arc::new(env);
         let table = env.table.clone();
         let log = Log::default();
@@ -934,8 +909,7 @@ conformance! {
     /// A panicking before_commit hook fails the scope like a panicking body (docs/SEMANTICS.md, "Outcome": roll
     /// back, then resume the panic): after_rollback(Panic) and after_completion(RolledBack) have
     /// run by the time the panic reaches the caller, and nothing is committed.
-    async fn panicking_before_commit_rolls_back_then_resumes_the_panic<D>() {
-        let Some(env) = Env::<D>::new("before_commit_panics").await else { return };
+    async fn panicking_before_commit_rolls_back_then_resumes_the_panic(env: Env<D>) {
         let log = Log::default();
         let caught = AssertUnwindSafe(env.run(scope(Required).run(async {
             record_outcome(&log, "tx").await;
@@ -961,8 +935,7 @@ conformance! {
     /// The hooks of a cancelled scope run in the background, but still in the task's context:
     /// a REQUIRED scope in its after_rollback(Cancelled) finds the data source registered for
     /// the task (`with_data_source`), as the hooks of every other ending do (rule 8).
-    async fn cancelled_scope_hooks_still_see_the_task_data_sources<D>() {
-        let Some(env) = Env::<D>::new("cancelled_hooks_context").await else { return };
+    async fn cancelled_scope_hooks_still_see_the_task_data_sources(env: Env<D>) {
         let env = Arc::new(env);
         let log = Log::default();
         let r = tokio::time::timeout(Duration::from_millis(300), env.run(scope(Required).run(async {
@@ -987,12 +960,11 @@ conformance! {
     /// hooks must not claim a rollback (docs/SEMANTICS.md, "Outcome": an unknown outcome is reported as such). The
     /// COMMIT is held open on the server: on PostgreSQL by a deferred constraint trigger that
     /// sleeps at COMMIT, on SQLite by a reader whose SHARED lock the COMMIT must wait for.
-    async fn cancelled_during_commit_hooks_never_report_a_rollback_of_committed_data<D>() {
+    async fn cancelled_during_commit_hooks_never_report_a_rollback_of_committed_data(env: Env<D>) {
         if D::NAME == "mysql" {
             eprintln!("skipping on mysql: InnoDB has no deferred constraints or triggers and its COMMIT waits on no lock a test can hold, so the COMMIT-in-flight window cannot be widened deterministically");
             return;
         }
-        let Some(env) = Env::<D>::new("cancelled_during_commit").await else { return };
         let table = env.table.clone();
         let mut reader = env.observer.acquire().await.expect("observer");
         if D::NAME == "postgres" {

@@ -1,18 +1,13 @@
 //! NESTED scopes: savepoints, siblings, depth, rollback-only inside (docs/SEMANTICS.md, "Propagation", "Outcome").
 
-use transactional::{Propagation::*, Transactional};
+use transactional::Propagation::*;
 
-use crate::common::{AppError, AppResult, Env};
+use crate::common::{scope, AppError, AppResult};
 use crate::conformance;
-
-fn scope(p: transactional::Propagation) -> Transactional {
-    Transactional::new().propagation(p)
-}
 
 conformance! {
     /// Two sibling NESTED scopes: the failing one is undone, the other kept.
-    async fn sibling_nested_scopes_are_independent<D>() {
-        let Some(env) = Env::<D>::new("nested_siblings").await else { return };
+    async fn sibling_nested_scopes_are_independent(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let first: AppResult<()> = scope(Nested).run(env.insert(2)).await;
@@ -33,8 +28,7 @@ conformance! {
 conformance! {
     /// Three levels deep: the innermost failure undoes only the innermost; a middle failure
     /// undoes the middle and everything inside it, even what was released into it.
-    async fn three_levels_of_nesting<D>() {
-        let Some(env) = Env::<D>::new("nested_three_deep").await else { return };
+    async fn three_levels_of_nesting(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let middle: AppResult<()> = scope(Nested).run(async {
@@ -67,8 +61,7 @@ conformance! {
 conformance! {
     /// A REQUIRED participant failing inside NESTED marks only the savepoint's level: the nested
     /// scope rolls back to its savepoint and the outer commits.
-    async fn required_failing_inside_nested_rolls_back_to_the_savepoint<D>() {
-        let Some(env) = Env::<D>::new("required_in_nested").await else { return };
+    async fn required_failing_inside_nested_rolls_back_to_the_savepoint(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let nested: AppResult<()> = scope(Nested).run(async {
@@ -93,8 +86,7 @@ conformance! {
     /// A participant marks rollback-only inside NESTED, the nested body returns Ok: the nested
     /// boundary rolls back to its savepoint and returns UnexpectedRollback; the outer catches it
     /// and commits the rest.
-    async fn rollback_only_inside_nested_gives_unexpected_rollback_at_the_nested_boundary<D>() {
-        let Some(env) = Env::<D>::new("rollback_only_nested").await else { return };
+    async fn rollback_only_inside_nested_gives_unexpected_rollback_at_the_nested_boundary(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let nested: AppResult<()> = scope(Nested).run(async {
@@ -119,8 +111,7 @@ conformance! {
 conformance! {
     /// set_rollback_only() in the NESTED scope itself: rolls back to the savepoint, and the
     /// nested scope returns its Ok (it asked for it).
-    async fn set_rollback_only_in_nested_owner_rolls_back_silently<D>() {
-        let Some(env) = Env::<D>::new("nested_set_rollback_only").await else { return };
+    async fn set_rollback_only_in_nested_owner_rolls_back_silently(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let nested: AppResult<u8> = scope(Nested).run(async {
@@ -138,8 +129,7 @@ conformance! {
 
 conformance! {
     /// A savepoint cannot be created in a transaction already marked rollback-only.
-    async fn nested_in_a_rollback_only_transaction_is_refused<D>() {
-        let Some(env) = Env::<D>::new("nested_refused").await else { return };
+    async fn nested_in_a_rollback_only_transaction_is_refused(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let inner: AppResult<()> = scope(Required).run(async { Err(AppError::Boom("marks")) }).await;
             assert!(inner.is_err());

@@ -4,19 +4,14 @@ use std::time::{Duration, Instant};
 
 use transactional::{DataSourceSettings, Isolation, Propagation::*, Transactional};
 
-use crate::common::{AppError, AppResult, Env};
+use crate::common::{scope, AppError, AppResult};
 use crate::conformance;
-
-fn scope(p: transactional::Propagation) -> Transactional {
-    Transactional::new().propagation(p)
-}
 
 conformance! {
     /// The isolation level asked for is in force inside the transaction. SQLite has one level,
     /// SERIALIZABLE, at least as strong as any asked for: every level begins, and there is no
     /// level to observe (the suite says so rather than pass silently).
-    async fn isolation_is_in_force<D>() {
-        let Some(env) = Env::<D>::new("isolation_in_force").await else { return };
+    async fn isolation_is_in_force(env: Env<D>) {
         for (level, expected) in [
             (Isolation::Serializable, "serializable"),
             (Isolation::RepeatableRead, "repeatable read"),
@@ -44,8 +39,7 @@ conformance! {
 conformance! {
     /// An isolation level does not leak into the next transaction on the same pooled
     /// connection (MySQL's `SET TRANSACTION` is for the next transaction only).
-    async fn isolation_does_not_leak_into_the_next_transaction<D>() {
-        let Some(env) = Env::<D>::with_pool("isolation_no_leak", 1, Duration::from_secs(5)).await else { return };
+    async fn isolation_does_not_leak_into_the_next_transaction(env: Env<D>, pool(1, Duration::from_secs(5))) {
         let default = if D::NAME == "postgres" { "read committed" } else { "repeatable read" };
         let before: AppResult<Option<String>> = env.run(scope(Required).run(async {
             env.insert(1).await?;
@@ -74,8 +68,7 @@ conformance! {
     /// A read-only transaction refuses writes; the pooled connection is writable again after.
     /// (On PostgreSQL the refused write aborts the transaction, so the scope that caught its
     /// error cannot commit and says so.)
-    async fn read_only_refuses_writes_and_is_reset<D>() {
-        let Some(env) = Env::<D>::with_pool("read_only", 1, Duration::from_secs(5)).await else { return };
+    async fn read_only_refuses_writes_and_is_reset(env: Env<D>, pool(1, Duration::from_secs(5))) {
         let r: AppResult<i64> = env.run(Transactional::new().read_only(true).run(async {
             let seen = env.visible().await?;
             let write = env.insert(1).await;
@@ -98,8 +91,7 @@ conformance! {
 conformance! {
     /// A joining scope with other options joins with a warning by default; under
     /// `validate_existing_transaction` it is refused before its body runs.
-    async fn joining_with_different_options_warns_or_fails_under_strict<D>() {
-        let Some(env) = Env::<D>::new("strict_join").await else { return };
+    async fn joining_with_different_options_warns_or_fails_under_strict(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let joined: AppResult<()> = Transactional::new().isolation(Isolation::Serializable).run(env.insert(1)).await;
             joined
@@ -137,8 +129,7 @@ conformance! {
 conformance! {
     /// A body that runs past its timeout is cancelled, rolled back, and the call returns a
     /// timeout error promptly.
-    async fn timeout_cancels_and_rolls_back<D>() {
-        let Some(env) = Env::<D>::new("timeout").await else { return };
+    async fn timeout_cancels_and_rolls_back(env: Env<D>) {
         let started = Instant::now();
         let r: AppResult<()> = env.run(Transactional::new().timeout(Duration::from_millis(300)).run(async {
             env.insert(1).await?;
@@ -158,8 +149,7 @@ conformance! {
 conformance! {
     /// A joined scope's own timeout fails it, which marks the transaction; a joined scope
     /// cannot outlive the owner's deadline.
-    async fn timeouts_of_joined_scopes<D>() {
-        let Some(env) = Env::<D>::new("timeout_joined").await else { return };
+    async fn timeouts_of_joined_scopes(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let inner: AppResult<()> = Transactional::new().timeout(Duration::from_millis(100)).run(async {

@@ -2,19 +2,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use transactional::{Propagation, Propagation::*, Transactional};
+use transactional::Propagation::*;
 
-use crate::common::{AppError, AppResult, Env};
+use crate::common::{scope, AppError, AppResult};
 use crate::conformance;
-
-fn scope(p: Propagation) -> Transactional {
-    Transactional::new().propagation(p)
-}
 
 conformance! {
     /// REQUIRED, none exists: begins one; nothing is visible until it commits.
-    async fn required_without_transaction_begins_and_commits<D>() {
-        let Some(env) = Env::<D>::new("required_begins").await else { return };
+    async fn required_without_transaction_begins_and_commits(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             assert!(transactional::is_active());
             env.insert(1).await?;
@@ -29,8 +24,7 @@ conformance! {
 
 conformance! {
     /// REQUIRED, one exists: joins it (same session); the outer failure undoes the inner work.
-    async fn required_with_transaction_joins<D>() {
-        let Some(env) = Env::<D>::new("required_joins").await else { return };
+    async fn required_with_transaction_joins(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             env.insert(1).await?;
@@ -48,8 +42,7 @@ conformance! {
 
 conformance! {
     /// SUPPORTS, none exists: no transaction, every statement autocommits.
-    async fn supports_without_transaction_autocommits<D>() {
-        let Some(env) = Env::<D>::new("supports_none").await else { return };
+    async fn supports_without_transaction_autocommits(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Supports).run(async {
             assert!(!transactional::is_active());
             env.insert(1).await?;
@@ -63,8 +56,7 @@ conformance! {
 
 conformance! {
     /// SUPPORTS, one exists: joins it.
-    async fn supports_with_transaction_joins<D>() {
-        let Some(env) = Env::<D>::new("supports_joins").await else { return };
+    async fn supports_with_transaction_joins(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             let inner = scope(Supports).run(async {
@@ -83,8 +75,7 @@ conformance! {
 
 conformance! {
     /// MANDATORY, none exists: the error, and the body never runs.
-    async fn mandatory_without_transaction_fails_without_running<D>() {
-        let Some(env) = Env::<D>::new("mandatory_none").await else { return };
+    async fn mandatory_without_transaction_fails_without_running(env: Env<D>) {
         let ran = AtomicBool::new(false);
         let r: AppResult<()> = env.run(scope(Mandatory).run(async {
             ran.store(true, Ordering::SeqCst);
@@ -100,8 +91,7 @@ conformance! {
 
 conformance! {
     /// MANDATORY, one exists: joins it.
-    async fn mandatory_with_transaction_joins<D>() {
-        let Some(env) = Env::<D>::new("mandatory_joins").await else { return };
+    async fn mandatory_with_transaction_joins(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             let inner = scope(Mandatory).run(async {
@@ -118,8 +108,7 @@ conformance! {
 
 conformance! {
     /// REQUIRES_NEW, none exists: begins one.
-    async fn requires_new_without_transaction_begins<D>() {
-        let Some(env) = Env::<D>::new("requires_new_none").await else { return };
+    async fn requires_new_without_transaction_begins(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(RequiresNew).run(async {
             assert!(transactional::is_active());
             env.insert(1).await?;
@@ -135,8 +124,7 @@ conformance! {
     /// REQUIRES_NEW, one exists: suspends it and commits on another connection, independently;
     /// the outer then resumes on its own connection and can still roll back alone.
     /// (The outer writes after the inner commits, so that SQLite's single writer allows it.)
-    async fn requires_new_with_transaction_suspends_and_commits_independently<D>() {
-        let Some(env) = Env::<D>::new("requires_new_suspends").await else { return };
+    async fn requires_new_with_transaction_suspends_and_commits_independently(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             let inner = scope(RequiresNew).run(async {
@@ -159,8 +147,7 @@ conformance! {
     /// PostgreSQL and MariaDB allow it. SQLite has one writer per database file: the inner write
     /// cannot proceed while the outer holds the write lock, so it fails with "database is
     /// locked" after busy_timeout (never a hang), and the outer is intact.
-    async fn requires_new_writes_while_the_outer_has_written<D>() {
-        let Some(env) = Env::<D>::new("requires_new_two_writers").await else { return };
+    async fn requires_new_writes_while_the_outer_has_written(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let inner: AppResult<()> = scope(RequiresNew).run(env.insert(2)).await;
@@ -181,8 +168,7 @@ conformance! {
 
 conformance! {
     /// REQUIRES_NEW inner failure rolls back the inner only; the outer is not marked.
-    async fn requires_new_failure_leaves_the_outer_alone<D>() {
-        let Some(env) = Env::<D>::new("requires_new_fails").await else { return };
+    async fn requires_new_failure_leaves_the_outer_alone(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let inner: AppResult<()> = scope(RequiresNew).run(async {
                 env.insert(2).await?;
@@ -199,8 +185,7 @@ conformance! {
 
 conformance! {
     /// NOT_SUPPORTED, none exists: runs without a transaction.
-    async fn not_supported_without_transaction_runs_without<D>() {
-        let Some(env) = Env::<D>::new("not_supported_none").await else { return };
+    async fn not_supported_without_transaction_runs_without(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(NotSupported).run(async {
             assert!(!transactional::is_active());
             env.insert(1).await?;
@@ -214,8 +199,7 @@ conformance! {
 conformance! {
     /// NOT_SUPPORTED, one exists: suspends it; the inner work autocommits on a pooled
     /// connection at once, and survives the outer's rollback.
-    async fn not_supported_with_transaction_suspends<D>() {
-        let Some(env) = Env::<D>::new("not_supported_suspends").await else { return };
+    async fn not_supported_with_transaction_suspends(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             let inner = scope(NotSupported).run(async {
@@ -237,8 +221,7 @@ conformance! {
 
 conformance! {
     /// NEVER, none exists: runs without a transaction.
-    async fn never_without_transaction_runs<D>() {
-        let Some(env) = Env::<D>::new("never_none").await else { return };
+    async fn never_without_transaction_runs(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Never).run(async {
             assert!(!transactional::is_active());
             env.insert(1).await
@@ -250,8 +233,7 @@ conformance! {
 
 conformance! {
     /// NEVER, one exists: the error, and the body never runs; the outer is not marked.
-    async fn never_with_transaction_fails_without_running<D>() {
-        let Some(env) = Env::<D>::new("never_with").await else { return };
+    async fn never_with_transaction_fails_without_running(env: Env<D>) {
         let ran = AtomicBool::new(false);
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
@@ -272,8 +254,7 @@ conformance! {
 
 conformance! {
     /// NESTED, none exists: begins one, as REQUIRED.
-    async fn nested_without_transaction_begins<D>() {
-        let Some(env) = Env::<D>::new("nested_none").await else { return };
+    async fn nested_without_transaction_begins(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Nested).run(async {
             assert!(transactional::is_active());
             env.insert(1).await?;
@@ -295,8 +276,7 @@ conformance! {
 conformance! {
     /// NESTED, one exists: a savepoint on the same connection; an inner Err rolls back to it and
     /// the outer commits the rest; an inner Ok is kept.
-    async fn nested_with_transaction_rolls_back_to_its_savepoint<D>() {
-        let Some(env) = Env::<D>::new("nested_savepoint").await else { return };
+    async fn nested_with_transaction_rolls_back_to_its_savepoint(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
             env.insert(1).await?;

@@ -7,19 +7,14 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use transactional::{Propagation::*, Transactional};
+use transactional::Propagation::*;
 
-use crate::common::{AppError, AppResult, Env, TestDb};
+use crate::common::{scope, AppError, AppResult, Env, TestDb};
 use crate::conformance;
-
-fn scope(p: transactional::Propagation) -> Transactional {
-    Transactional::new().propagation(p)
-}
 
 conformance! {
     /// Err rolls back everything the scope did.
-    async fn err_rolls_back<D>() {
-        let Some(env) = Env::<D>::new("err_rolls_back").await else { return };
+    async fn err_rolls_back(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             Err(AppError::Boom("fails"))
@@ -32,8 +27,7 @@ conformance! {
 
 conformance! {
     /// A panic rolls back, then goes on unwinding to the caller.
-    async fn panic_rolls_back_and_resumes<D>() {
-        let Some(env) = Env::<D>::new("panic_rolls_back").await else { return };
+    async fn panic_rolls_back_and_resumes(env: Env<D>) {
         let caught = AssertUnwindSafe(env.run(scope(Required).run(async {
             env.insert(1).await?;
             if env.ids().await.is_empty() {
@@ -71,8 +65,7 @@ where
 conformance! {
     /// The scope's future is dropped right after BEGIN (the body has started and waits): the
     /// transaction is rolled back, and the connection returns to the pool outside it.
-    async fn cancelled_right_after_begin_rolls_back<D>() {
-        let Some(env) = Env::<D>::with_pool("cancel_after_begin", 1, Duration::from_secs(5)).await else { return };
+    async fn cancelled_right_after_begin_rolls_back(env: Env<D>, pool(1, Duration::from_secs(5))) {
         let (started, wait) = tokio::sync::oneshot::channel::<()>();
         let mut started = Some(started);
         let fut = env.run(scope(Required).run(async {
@@ -91,8 +84,7 @@ conformance! {
 
 conformance! {
     /// Cancelled by `tokio::time::timeout` mid-body.
-    async fn cancelled_by_tokio_timeout_rolls_back<D>() {
-        let Some(env) = Env::<D>::with_pool("cancel_by_timeout", 1, Duration::from_secs(5)).await else { return };
+    async fn cancelled_by_tokio_timeout_rolls_back(env: Env<D>, pool(1, Duration::from_secs(5))) {
         let r = tokio::time::timeout(Duration::from_millis(300), env.run(scope(Required).run(async {
             env.insert(1).await?;
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -107,8 +99,7 @@ conformance! {
     /// Dropped at every await point of the runtime: poll the scope k times (letting I/O
     /// progress between polls), then drop it, for growing k — before the connection is taken,
     /// while BEGIN is in flight, in the body, in a NESTED savepoint, during COMMIT.
-    async fn cancelled_at_every_await_point_never_leaks_a_transaction<D>() {
-        let Some(env) = Env::<D>::with_pool("cancel_every_point", 2, Duration::from_secs(5)).await else { return };
+    async fn cancelled_at_every_await_point_never_leaks_a_transaction(env: Env<D>, pool(2, Duration::from_secs(5))) {
         let mut completed = false;
         // Every k up to 100, then coarser: under load a database may need many polls.
         let ks = (1..100).chain((100..5000).step_by(7));
@@ -151,8 +142,7 @@ conformance! {
 
 conformance! {
     /// `select!` drops the losing scope: rolled back; the winner's work stands.
-    async fn select_drops_the_losing_scope<D>() {
-        let Some(env) = Env::<D>::new("select_loser").await else { return };
+    async fn select_drops_the_losing_scope(env: Env<D>) {
         let r: AppResult<()> = env.run(async {
             tokio::select! {
                 r = scope(RequiresNew).run(async {
@@ -172,8 +162,7 @@ conformance! {
 conformance! {
     /// A joined scope fails, the outer catches the error and returns Ok: everything rolls back
     /// and the caller gets UnexpectedRollback (it must not believe the work was saved).
-    async fn caught_participant_failure_gives_unexpected_rollback<D>() {
-        let Some(env) = Env::<D>::new("unexpected_rollback").await else { return };
+    async fn caught_participant_failure_gives_unexpected_rollback(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let inner: AppResult<()> = scope(Required).run(async {
@@ -193,8 +182,7 @@ conformance! {
 
 conformance! {
     /// set_rollback_only() in a joined scope: the owner's Ok becomes UnexpectedRollback.
-    async fn set_rollback_only_in_a_participant_gives_unexpected_rollback<D>() {
-        let Some(env) = Env::<D>::new("participant_rollback_only").await else { return };
+    async fn set_rollback_only_in_a_participant_gives_unexpected_rollback(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             let inner: AppResult<()> = scope(Supports).run(async {
@@ -210,8 +198,7 @@ conformance! {
 
 conformance! {
     /// set_rollback_only() in the owning scope: rolls back, and the call returns its Ok.
-    async fn set_rollback_only_in_the_owner_rolls_back_silently<D>() {
-        let Some(env) = Env::<D>::new("owner_rollback_only").await else { return };
+    async fn set_rollback_only_in_the_owner_rolls_back_silently(env: Env<D>) {
         let r: AppResult<&str> = env.run(scope(Required).run(async {
             env.insert(1).await?;
             transactional::set_rollback_only();
@@ -225,8 +212,7 @@ conformance! {
 
 conformance! {
     /// set_rollback_only() outside any transaction does nothing.
-    async fn set_rollback_only_without_a_transaction_does_nothing<D>() {
-        let Some(env) = Env::<D>::new("no_tx_rollback_only").await else { return };
+    async fn set_rollback_only_without_a_transaction_does_nothing(env: Env<D>) {
         let r: AppResult<()> = env.run(scope(Supports).run(async {
             transactional::set_rollback_only();
             assert!(!transactional::is_rollback_only());
@@ -240,8 +226,7 @@ conformance! {
 conformance! {
     /// A rule that commits on a given error commits, and the error is still returned; other
     /// errors still roll back.
-    async fn no_rollback_for_rule_commits<D>() {
-        let Some(env) = Env::<D>::new("no_rollback_for").await else { return };
+    async fn no_rollback_for_rule_commits(env: Env<D>) {
         let is_boom = |e: &AppError| e.is_boom();
         let r: AppResult<()> = env.run(scope(Required).run_with_no_rollback_for(is_boom, async {
             env.insert(1).await?;

@@ -6,12 +6,11 @@
 use transactional::testing;
 use transactional::Transactional;
 
-use crate::common::{AppResult, Env};
+use crate::common::AppResult;
 use crate::conformance;
 
 conformance! {
-    async fn a_failing_scope_inside_rollback_after_leaves_the_test_working<D>() {
-        let Some(env) = Env::<D>::new("rollback_after_savepoints").await else { return };
+    async fn a_failing_scope_inside_rollback_after_leaves_the_test_working(env: Env<D>) {
         let seen = env.run(testing::rollback_after(async {
             let first: AppResult<()> = Transactional::new().run(env.insert(1)).await;
             first.unwrap();
