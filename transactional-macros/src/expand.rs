@@ -6,7 +6,8 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::ReturnType;
 
-use crate::attr::{Errors, TxArgs, TxFn};
+use crate::function::TxFn;
+use crate::options::{Errors, TxArgs};
 
 /// The whole macro: parse, validate, then either rewrite the fn or report every error found.
 ///

@@ -11,8 +11,12 @@
 
 use proc_macro::TokenStream;
 
-mod attr;
 mod expand;
+mod function;
+mod keys;
+mod options;
+mod suggest;
+mod values;
 
 /// Runs an `async fn`'s body in a transactional scope: Spring's `@Transactional`.
 ///
@@ -59,7 +63,11 @@ mod expand;
 /// | `timeout` | whole seconds (`timeout = 5`) or a string with a unit: `"250ms"`, `"5s"`, `"2m"` | none |
 /// | `data_source` | the name a pool was registered under, `data_source = "reporting"` | `"default"` |
 /// | `no_rollback_for` | a predicate on the error: a path to a `fn(&E) -> bool`, or a closure | every `Err` rolls back |
+/// | `send` / `local` | bare flags: how the body is held (see below) | decided from the signature |
 /// | `crate` | the path to the `transactional` crate, `crate = "my_app::tx"` | `"::transactional"` |
+///
+/// `isolation`, `read_only` and `timeout` with `SUPPORTS`, `NOT_SUPPORTED` or `NEVER` are
+/// compile errors: those never begin a transaction.
 ///
 /// ## `propagation`
 ///
@@ -85,10 +93,11 @@ mod expand;
 ///
 /// ## `timeout`
 ///
-/// A deadline for the whole scope, measured from its start. Past it the body is cancelled,
-/// the transaction is rolled back and `Error::Timeout` is returned. An integer is a number of
-/// seconds; a string takes a unit `ms`, `s` or `m`. Zero, negative and fractional values are
-/// rejected at compile time (write `"1500ms"` for one and a half seconds).
+/// A hard deadline for the whole scope, measured from its start. Past it the statement running
+/// is cancelled on the server, the body is dropped, the transaction is rolled back and
+/// `Error::Timeout` is returned. An integer is a number of seconds; a string takes a unit `ms`,
+/// `s` or `m`. Zero, negative and fractional values are rejected at compile time (write
+/// `"1500ms"` for one and a half seconds).
 ///
 /// ## `data_source`
 ///
@@ -108,6 +117,16 @@ mod expand;
 /// async fn import(rows: Vec<Row>) -> Result<usize, AppError> { /* ... */ }
 /// ```
 ///
+/// ## `send` and `local`
+///
+/// The body of a plain free fn (no `self`, no type parameters, no `impl Trait` or `dyn Trait`
+/// argument) runs as a `Pin<Box<dyn Future + Send>>`: its future's type then does not contain
+/// the types of the annotated fns it calls, so a deep call chain is proven `Send` one level at a
+/// time (64 levels compile within the default `recursion_limit`); such a body must be `Send`.
+/// Every other fn keeps its body's own type, `Send` or not. `send` asks for the first for any
+/// fn (a method in a deep call chain), `local` for the second (a free fn whose body holds an
+/// `Rc` across an await).
+///
 /// ## `crate`
 ///
 /// The path the expansion starts from, for code that reaches `transactional` under another
@@ -118,8 +137,9 @@ mod expand;
 /// Any `async fn` with a body: free fns, inherent methods taking `&self`, `&mut self` or
 /// `self`, `async fn`s in trait impls, generic fns, fns with `impl Trait` arguments and
 /// `where` clauses. It must return a `Result` (`Result<T, E>`, `std::io::Result<T>`,
-/// `anyhow::Result<T>`, or any alias whose name ends with `Result`) whose error type
-/// implements `From<transactional::Error>`.
+/// `anyhow::Result<T>`, any alias of one) whose error type implements
+/// `From<transactional::Error>`; this is checked through the type system, and reported on the
+/// return type.
 ///
 /// It is a compile error to put it on a fn that is not `async`, that returns anything other
 /// than a `Result`, on a trait's fn declaration without a body, or on any other item. Unknown
@@ -127,7 +147,7 @@ mod expand;
 ///
 /// # Expansion
 ///
-/// The body becomes a call to the runtime's builder, with one setter for each option given:
+/// The body becomes a call into the runtime with the builder, one setter for each option given:
 ///
 /// ```text
 /// #[transactional(propagation = "REQUIRES_NEW", timeout = 5)]
@@ -136,16 +156,19 @@ mod expand;
 /// // becomes
 ///
 /// async fn save(&self, order: Order) -> Result<OrderId, AppError> {
-///     ::transactional::Transactional::new()
-///         .name(concat!(module_path!(), "::", "save"))
-///         .propagation(::transactional::Propagation::RequiresNew)
-///         .timeout(::core::time::Duration::from_millis(5000))
-///         .run(async move { body })
-///         .await
+///     ::transactional::__private::local(
+///         ::transactional::Transactional::new()
+///             .name(concat!(module_path!(), "::", "save"))
+///             .propagation(::transactional::Propagation::RequiresNew)
+///             .timeout(::core::time::Duration::from_millis(5000)),
+///         async move { body },
+///     )
+///     .await
 /// }
 /// ```
 ///
-/// With `no_rollback_for = p` the call is `.run_with_no_rollback_for(p, async move { body })`,
+/// (`__private::send` for a body whose type is erased, see above.) With `no_rollback_for = p`
+/// the call is `local_with_rule(builder, p, async move { body })`,
 /// where `p` first goes through a local identity fn that names the fn's return type, so that
 /// a closure's parameter type is known without an annotation (`|e| e.is_benign()`).
 /// Because the body runs in an `async move` block, `return` inside it returns from the fn as
