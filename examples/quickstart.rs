@@ -210,10 +210,13 @@ const SCHEMA: &str = "
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // The library reports failed hooks and ignored options through `tracing`.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
+    // The library reports failed hooks and ignored options through `tracing` (warnings and
+    // errors; `RUST_LOG=debug` shows every scope).
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|level| level.parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::fmt().with_max_level(level).init();
 
     // A database file in a temporary directory. Not `sqlite::memory:`: sqlx shares that one
     // database between a pool's connections through SQLite's shared cache, where a write that

@@ -2,7 +2,7 @@
 //! errors it gives (`tests/ui/fail`, with the expected messages in the `.stderr` files).
 //!
 //! Regenerate the `.stderr` files after an intended change to a message with
-//! `TRYBUILD=overwrite cargo test --test macro_ui`, then read every changed file.
+//! `TRYBUILD=overwrite cargo test -p transactional-macros --test ui`, then read every changed file.
 
 #[test]
 fn ui() {
