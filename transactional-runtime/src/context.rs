@@ -212,10 +212,21 @@ impl Context {
         f()
     }
 
-    /// Runs `fut` with this context current.
+    /// [`Context::enter`] from whatever task polls now: a future that moved to another task
+    /// (a scope's end that finishes on a task of its own) takes its context along.
+    #[inline]
+    pub(crate) fn enter_here<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        if self.inner.task != tokio::task::try_id() {
+            *self = self.in_this_task();
+        }
+        self.enter(f)
+    }
+
+    /// Runs `fut` with this context current, in whatever task polls it.
     pub(crate) async fn scope<F: Future>(self, fut: F) -> F::Output {
+        let mut ctx = self;
         let mut fut = pin!(fut);
-        std::future::poll_fn(|cx| self.enter(|| fut.as_mut().poll(cx))).await
+        std::future::poll_fn(|cx| ctx.enter_here(|| fut.as_mut().poll(cx))).await
     }
 }
 

@@ -39,6 +39,9 @@ pub(crate) enum AbortCheck {
     ProbeFails {
         states: &'static [&'static str],
         not_open: &'static str,
+        /// What the probe's own failure says (an error left by a statement cut off earlier
+        /// can carry the same SQLSTATE).
+        mentions: Option<&'static str>,
     },
     /// `COMMIT` itself fails with this message when no transaction is open.
     CommitFails(&'static str),
@@ -150,6 +153,7 @@ impl Dialect {
                 AbortCheck::ProbeFails {
                     states: &["25P02", "25P01"],
                     not_open: "25P01",
+                    mentions: None,
                 },
             ),
             Dialect::MySql => (
@@ -158,6 +162,7 @@ impl Dialect {
                 AbortCheck::ProbeFails {
                     states: &["42000"],
                     not_open: "",
+                    mentions: Some(MYSQL_ALIVE),
                 },
             ),
             Dialect::Sqlite => (

@@ -264,12 +264,28 @@ impl Conn {
         }
     }
 
+    /// [`Conn::query_int`] for a control statement that is harmless to send twice: see
+    /// [`Conn::run_control`].
+    pub(crate) async fn query_int_control(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        match self.query_int(sql).await {
+            Err(sqlx::Error::Database(_)) => self.query_int(sql).await,
+            done => done,
+        }
+    }
+
     /// Runs SQL that returns an integer, where this build can read it; else runs it.
     pub(crate) async fn query_int(&mut self, sql: &str) -> Result<Option<i64>, sqlx::Error> {
         let was_clean = std::mem::replace(&mut self.clean, false);
-        let result = match self.get_mut().query_int(sql) {
-            Some(query) => query.await,
-            None => Ok(None),
+        let result = if self.get().reads_ints() {
+            match self.get_mut().query_int(sql) {
+                Some(query) => query.await,
+                None => Ok(None),
+            }
+        } else {
+            self.get_mut().run(sql).await.map(|()| None)
         };
         self.clean = was_clean;
         result

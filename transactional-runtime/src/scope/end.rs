@@ -98,8 +98,17 @@ impl RunningEnd {
         }
         if let Some(cutoff) = &mut self.cutoff {
             if cutoff.as_mut().poll(cx).is_ready() {
+                let phase = self.phase.load(Ordering::Acquire);
+                if phase == PHASE_ENDING {
+                    // Still deciding (before-commit hooks): look again shortly.
+                    cutoff
+                        .as_mut()
+                        .reset(Instant::now() + Duration::from_millis(10));
+                    let _ = cutoff.as_mut().poll(cx);
+                    return Poll::Pending;
+                }
                 self.cutoff = None;
-                let error = match self.phase.load(Ordering::Acquire) {
+                let error = match phase {
                     PHASE_COMMITTING => Some(Error::Commit {
                         outcome_unknown: true,
                         source: sqlx::Error::Io(std::io::Error::new(
@@ -234,6 +243,11 @@ impl Running {
                 Role::Participant => frame.level.mark_rollback_only(),
                 Role::Savepoint => {
                     frame.tx().abandon_savepoint(&frame.level);
+                    if let Some(cancel) = cancel {
+                        // Its statement is cut short, so that the rollback to its savepoint,
+                        // and the work of the levels around it, need not wait for it.
+                        Detachable::new(cancel).detach();
+                    }
                     frame.tx().data_source.emit(
                         &self.options,
                         EventKind::RolledBackToSavepoint {
@@ -328,6 +342,8 @@ impl End {
                     Verdict::Rollback(RollbackCause::Panic, None)
                 }
                 Err(BeforeCommit::TimedOut) => {
+                    self.phase
+                        .store(PHASE_ROLLING_BACK_AFTER_TIMEOUT, Ordering::Release);
                     Verdict::Rollback(RollbackCause::Timeout, Some(self.timeout_error()))
                 }
             };
@@ -336,7 +352,10 @@ impl End {
         let (ending, error) = match verdict {
             Verdict::Commit => {
                 let phase = self.phase.clone();
-                let committing = move || phase.store(PHASE_COMMITTING, Ordering::Release);
+                let committing = move |sent: bool| {
+                    let now = if sent { PHASE_COMMITTING } else { PHASE_ENDING };
+                    phase.store(now, Ordering::Release);
+                };
                 match tx
                     .finish(true, self.deadline, &self.detached, committing)
                     .await
@@ -359,7 +378,7 @@ impl End {
                 }
             }
             Verdict::Rollback(cause, error) => {
-                match tx.finish(false, None, &self.detached, || {}).await {
+                match tx.finish(false, None, &self.detached, |_| {}).await {
                     Finished::GuardOutlived => (
                         Ending::RolledBack(RollbackCause::GuardOutlivedScope),
                         Some(Error::GuardOutlivedScope { scope }),
@@ -422,9 +441,6 @@ impl End {
 
     /// The end of a NESTED scope: RELEASE its savepoint, or roll back to it.
     async fn savepoint(self, cancel: Option<BoxFuture<'static, ()>>) -> Report {
-        if let Some(cancel) = cancel {
-            cancel.await;
-        }
         let frame = self.frame.clone();
         let level = &frame.level;
         let parent = level
@@ -432,6 +448,14 @@ impl End {
             .as_ref()
             .expect("a savepoint has an enclosing level");
         let mut verdict = self.verdict();
+        if let Verdict::Rollback(..) = verdict {
+            // Known before anything is awaited: the levels around it must not go on (or
+            // commit) with this savepoint's work, even if this end is delayed.
+            frame.tx().doom_savepoint(level);
+        }
+        if let Some(cancel) = cancel {
+            cancel.await;
+        }
         if let Verdict::Commit = verdict {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 verdict = Verdict::Rollback(RollbackCause::Timeout, Some(self.timeout_error()));
@@ -452,7 +476,7 @@ impl End {
                 level.hooks.move_into(&parent.hooks);
                 return Report::default();
             }
-            SavepointEnd::Done | SavepointEnd::Abandoned => verdict_error,
+            SavepointEnd::Done | SavepointEnd::Abandoned | SavepointEnd::Gone => verdict_error,
             SavepointEnd::GuardOutlived => Some(Error::GuardOutlivedScope {
                 scope: self.options.name,
             }),

@@ -129,7 +129,7 @@ where
         let body = self.body.as_mut().expect("the body runs until it ends");
         let polled = running
             .body_ctx
-            .enter(|| catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *body).poll(cx))));
+            .enter_here(|| catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *body).poll(cx))));
         match polled {
             Ok(Poll::Pending) => None,
             Ok(Poll::Ready(output)) => {
@@ -220,7 +220,9 @@ where
             BodyEnd::Timeout => running.interrupt(true),
             _ => None,
         };
-        self.body = None;
+        // Dropped in its own context, as it ran: a `Drop` in the body sees its scope.
+        let body = &mut self.body;
+        running.body_ctx.enter(|| *body = None);
         self.stage = Stage::End(running.end(ended, cancel));
     }
 
@@ -240,8 +242,10 @@ impl<B: Future, P> Drop for Scope<B, P> {
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Body(running) => {
                 let cancel = running.interrupt(false);
-                // Scopes inside the body hand their work off first: innermost first.
-                self.body = None;
+                // Scopes inside the body hand their work off first: innermost first. Dropped
+                // in its own context, as it ran.
+                let body = &mut self.body;
+                running.body_ctx.enter(|| *body = None);
                 running.abandon(cancel);
             }
             // Finishes on a task of its own.

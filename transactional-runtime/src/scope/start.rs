@@ -175,10 +175,12 @@ impl Running {
     }
 
     /// Stops a statement of this scope that may be running, before its body is dropped: at
-    /// its deadline, or (for a scope that began a transaction) when it is cancelled.
+    /// its deadline, or (for a scope that began a transaction or a savepoint) when it is
+    /// dropped.
     pub(super) fn interrupt(&self, timed_out: bool) -> Option<BoxFuture<'static, ()>> {
         let frame = self.frame()?;
-        if !timed_out && frame.role != Role::Owner {
+        if !timed_out && frame.role == Role::Participant {
+            // A joined scope dropped half-way: its statement finishes, the owner decides.
             return None;
         }
         frame.tx().interrupt(frame)

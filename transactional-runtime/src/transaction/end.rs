@@ -33,6 +33,8 @@ pub(crate) enum SavepointEnd {
     Done,
     /// Its scope was dropped before `RELEASE` was sent: rolled back to instead.
     Abandoned,
+    /// The transaction was over before the savepoint could be ended: rolled back with it.
+    Gone,
     GuardOutlived,
     /// `RELEASE` failed (PostgreSQL: a statement inside had failed), so it was rolled back to.
     RolledBackInstead(sqlx::Error),
@@ -78,7 +80,13 @@ impl Transaction {
             }
             Ok(None) => {
                 level.end();
-                return SavepointEnd::Done;
+                // Never opened: nothing to send. Or the transaction is already over (its
+                // owner ended first): the savepoint went with it.
+                return if self.is_ended() {
+                    SavepointEnd::Gone
+                } else {
+                    SavepointEnd::Done
+                };
             }
             Ok(Some(Err(()))) => {
                 level.end();
@@ -153,7 +161,7 @@ impl Transaction {
         commit: bool,
         deadline: Option<Instant>,
         abandoned: &AtomicBool,
-        committing: impl FnOnce(),
+        committing: impl FnMut(bool),
     ) -> Finished {
         self.ended.store(true, Ordering::Release);
         let taken = self
@@ -229,19 +237,22 @@ impl Transaction {
         conn: &mut Conn,
         deadline: Option<Instant>,
         abandoned: &AtomicBool,
-        committing: impl FnOnce(),
+        mut committing: impl FnMut(bool),
     ) -> Result<(Finished, bool), Error> {
         let dialect = self.dialect();
-        let (settle, cleanup) = {
+        let (settle, still_open) = {
             let st = self.lock();
-            (st.interrupt_fired, first_abandoned(&st.savepoints))
+            let first = st.savepoints.first().map(|open| open.name.clone());
+            (st.interrupt_fired, first)
         };
         if settle {
             self.settle(conn).await?;
         }
-        // A dropped NESTED scope's work is undone before anything is committed.
-        if let Some((at, name)) = cleanup {
-            self.roll_back_to(conn, at, &name).await?;
+        // The owner's body is over, so a savepoint still open belongs to a NESTED scope that
+        // was dropped, or whose rollback has not run yet: its work is undone before anything
+        // is committed.
+        if let Some(name) = still_open {
+            self.roll_back_to(conn, 0, &name).await?;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok((Finished::TimedOut, true));
@@ -250,8 +261,10 @@ impl Transaction {
             return Ok((Finished::Abandoned, true));
         }
         let (sql, check) = dialect.commit();
-        committing();
-        let error = match conn.run(sql).await {
+        committing(true);
+        let committed = conn.run(sql).await;
+        committing(false);
+        let error = match committed {
             Ok(_) => return Ok((Finished::Committed, false)),
             Err(sqlx::Error::Database(error)) => error,
             Err(source) => {
@@ -265,8 +278,13 @@ impl Transaction {
         let code = error.code().map(|c| c.into_owned());
         let (aborted, still_open) = match check {
             // The probe failed, so COMMIT did not run: an aborted transaction is still open.
-            AbortCheck::ProbeFails { states, not_open } => {
-                let aborted = code.as_deref().is_some_and(|c| states.contains(&c));
+            AbortCheck::ProbeFails {
+                states,
+                not_open,
+                mentions,
+            } => {
+                let aborted = code.as_deref().is_some_and(|c| states.contains(&c))
+                    && mentions.is_none_or(|m| error.message().contains(m));
                 (aborted, code.as_deref() != Some(not_open))
             }
             AbortCheck::CommitFails(message) => (error.message().contains(message), false),

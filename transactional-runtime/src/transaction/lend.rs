@@ -40,7 +40,11 @@ impl Transaction {
                 return match ready {
                     Ok(lease) => Ok(lease),
                     Err((conn, plan)) => {
-                        Detachable::new(self.clone().prepare(frame.clone(), conn, plan)).await
+                        // The statements run to completion even if this waiter goes away; only
+                        // a waiter still here turns the connection into a lease.
+                        let work = self.clone().prepare(conn, plan);
+                        let prepared = Detachable::new(work).await?;
+                        prepared.lend_to(frame)
                     }
                 };
             }
@@ -77,6 +81,10 @@ impl Transaction {
         if st.broken {
             return Err(self.broken());
         }
+        if st.cancelling > 0 {
+            // A statement cancel is on its way: nothing else may run before it lands.
+            return Ok(None);
+        }
         match st.slot {
             Slot::Lent(_) | Slot::Busy => return Ok(None),
             Slot::Empty if st.begun => return Err(Error::TransactionFinished),
@@ -87,11 +95,13 @@ impl Transaction {
             return Ok(None);
         };
         let timed = frame.deadline.is_some();
+        let nests = chain.len() > opened;
         let dialect = self.dialect();
         let mut plan = Prepare {
             begin: !st.begun,
             settle: st.interrupt_fired,
-            session: timed && st.session.is_none() && dialect.session_id().is_some(),
+            // To cancel a statement at a deadline, or one of a NESTED scope that is dropped.
+            session: (timed || nests) && st.session.is_none() && dialect.session_id().is_some(),
             arm: timed && !st.interrupt_armed && dialect == Dialect::Sqlite,
             cleanup: first_abandoned(&st.savepoints),
             open: Vec::new(),
@@ -127,14 +137,13 @@ impl Transaction {
         }
     }
 
-    /// Runs what must precede lending, then lends. Runs to completion even if the borrower
-    /// is dropped: the lease it returns then gives the connection straight back.
+    /// Runs what must precede lending. Runs to completion even if the borrower is dropped:
+    /// the connection then goes straight back to the slot.
     async fn prepare(
         self: Arc<Self>,
-        frame: Arc<Frame>,
         conn: Option<Conn>,
         plan: Prepare,
-    ) -> Result<Lease, Error> {
+    ) -> Result<Prepared, Error> {
         let ds = &self.data_source;
         let dialect = ds.dialect;
         let mut conn = match conn {
@@ -194,9 +203,13 @@ impl Transaction {
                 return Err(self.fail(conn, error));
             }
         }
-        if session && !plan.begin {
-            let query = dialect.session_id().unwrap_or_default();
-            match conn.query_int(query).await {
+        // Without a BEGIN to ride with, the session id rides with the last SAVEPOINT, or goes
+        // on its own.
+        let session_query = (session && !plan.begin)
+            .then(|| dialect.session_id())
+            .flatten();
+        if session_query.is_some() && plan.open.is_empty() {
+            match conn.query_int(session_query.unwrap_or_default()).await {
                 Ok(session) => self.lock().session = session,
                 Err(source) => return Err(self.fail(conn, self.statement_error(source))),
             }
@@ -212,14 +225,31 @@ impl Transaction {
                 return Err(self.fail(conn, error));
             }
         }
-        for (scope, level, name) in plan.open {
-            match conn.run_control(&dialect.savepoint(&name)).await {
-                Ok(_) => self.lock().savepoints.push(Open {
-                    level,
-                    scope,
-                    name,
-                    abandoned: false,
-                }),
+        let last = plan.open.len();
+        for (n, (scope, level, name)) in plan.open.into_iter().enumerate() {
+            let opened = match session_query.filter(|_| n + 1 == last) {
+                Some(query) => {
+                    let sql = format!("{}; {query}", dialect.savepoint(&name));
+                    conn.query_int_control(&sql).await
+                }
+                None => conn
+                    .run_control(&dialect.savepoint(&name))
+                    .await
+                    .map(|()| None),
+            };
+            match opened {
+                Ok(session) => {
+                    let mut st = self.lock();
+                    st.savepoints.push(Open {
+                        level,
+                        scope,
+                        name,
+                        abandoned: false,
+                    });
+                    if session.is_some() {
+                        st.session = session;
+                    }
+                }
                 Err(source) => {
                     self.give_back(Some(conn));
                     return Err(Error::Savepoint {
@@ -229,14 +259,41 @@ impl Transaction {
                 }
             }
         }
-        let mut st = self.lock();
-        if self.is_ended() || frame.level.is_ended() {
+        Ok(Prepared {
+            tx: self.clone(),
+            conn: Some(conn),
+        })
+    }
+}
+
+/// A connection made ready for a borrower; the slot stays busy until it is lent, or given
+/// back when no borrower is left to take it.
+pub(super) struct Prepared {
+    tx: Arc<Transaction>,
+    conn: Option<Conn>,
+}
+
+impl Prepared {
+    fn lend_to(mut self, frame: &Arc<Frame>) -> Result<Lease, Error> {
+        let conn = self.conn.take().expect("lent once");
+        let tx = self.tx.clone();
+        let mut st = tx.lock();
+        if tx.is_ended() || frame.level.is_ended() {
             drop(st);
-            self.give_back(Some(conn));
+            tx.give_back(Some(conn));
             return Err(Error::TransactionFinished);
         }
         st.slot = Slot::Lent(frame.clone());
-        Ok(self.lease(conn, &frame))
+        drop(st);
+        Ok(tx.lease(conn, frame))
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.tx.give_back(Some(conn));
+        }
     }
 }
 

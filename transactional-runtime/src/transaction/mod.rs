@@ -68,6 +68,9 @@ struct State {
     broken: bool,
     /// The owner has ended it: a connection given back is cleaned up and released.
     closing: bool,
+    /// Statement cancels on their way to the server: the connection is not used, nor
+    /// returned to the pool, until they have landed (a late one would hit the next statement).
+    cancelling: usize,
 }
 
 #[derive(Default)]
@@ -231,8 +234,13 @@ impl Transaction {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(taken) = take(&mut self.lock()) {
-                return Ok(taken);
+            {
+                let mut st = self.lock();
+                if st.cancelling == 0 {
+                    if let Some(taken) = take(&mut st) {
+                        return Ok(taken);
+                    }
+                }
             }
             if tokio::time::timeout_at(limit, notified).await.is_err() {
                 return Err(self.broken());
@@ -241,8 +249,9 @@ impl Transaction {
     }
 
     /// A statement of `scope`'s may be running: stop it. SQLite's is stopped at once; for the
-    /// others, the returned future sends the cancel from another connection.
-    pub(crate) fn interrupt(&self, scope: &Frame) -> Option<BoxFuture<'static, ()>> {
+    /// others, the returned future sends the cancel from another connection, and until it has
+    /// (or has given up), nothing else uses the connection.
+    pub(crate) fn interrupt(self: &Arc<Self>, scope: &Frame) -> Option<BoxFuture<'static, ()>> {
         let mut st = self.lock();
         let Slot::Lent(holder) = &st.slot else {
             return None;
@@ -257,13 +266,26 @@ impl Transaction {
         }
         let sql = self.dialect().cancel(st.session?)?;
         let source = self.data_source.source.clone();
+        st.cancelling += 1;
+        let landed = CancelLanded(self.clone());
         Some(Box::pin(async move {
             if let Ok(Err(error)) =
                 tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await
             {
-                tracing::warn!(target: "transactional", %error, "could not cancel a statement at its deadline");
+                tracing::warn!(target: "transactional", %error, "could not cancel a running statement");
             }
+            drop(landed);
         }))
+    }
+
+    /// The scope of a NESTED `level` is rolling back (its body failed, or timed out): its
+    /// savepoint is rolled back to before anything else runs at the levels around it, even if
+    /// its own end is delayed (a cancel on its way) or never comes.
+    pub(crate) fn doom_savepoint(&self, level: &Level) {
+        let mut st = self.lock();
+        if let Some(open) = st.savepoints.iter_mut().find(|o| o.level == level.id) {
+            open.abandoned = true;
+        }
     }
 
     /// The scope of `level` was dropped: roll back to its savepoint before the next statement;
@@ -284,6 +306,16 @@ fn first_abandoned(open: &[Open]) -> Option<(usize, String)> {
     open.iter()
         .position(|o| o.is_abandoned())
         .map(|at| (at, open[at].name.clone()))
+}
+
+/// Counts a statement cancel as landed when dropped.
+struct CancelLanded(Arc<Transaction>);
+
+impl Drop for CancelLanded {
+    fn drop(&mut self) {
+        self.0.lock().cancelling -= 1;
+        self.0.changed.notify_waiters();
+    }
 }
 
 /// The transaction's connection, lent to a guard or a control statement. Dropping it gives
