@@ -15,6 +15,8 @@ mod context;
 mod deadlines;
 #[path = "conformance/hooks.rs"]
 mod hooks;
+#[path = "conformance/hooks_context.rs"]
+mod hooks_context;
 #[path = "conformance/nested.rs"]
 mod nested;
 #[path = "conformance/options.rs"]
