@@ -25,8 +25,6 @@ const MYSQL_ALIVE: &str = "transactional_open";
 pub(crate) struct Begin {
     /// One or more statements separated by `;`.
     pub sql: String,
-    /// Whether the last statement returns the server session id (for cancelling a statement).
-    pub returns_session: bool,
     /// A statement that undoes a session setting once the transaction is over.
     pub reset: Option<&'static str>,
 }
@@ -59,14 +57,12 @@ impl Dialect {
     }
 
     /// The statements that begin a transaction. `sqlite_immediate` takes SQLite's write lock
-    /// at BEGIN; `session` also asks for the server session id, to cancel a statement at a
-    /// deadline (not needed on SQLite, which is interrupted in-process).
+    /// at BEGIN.
     pub(crate) fn begin(
         self,
         isolation: Isolation,
         read_only: bool,
         sqlite_immediate: bool,
-        session: bool,
     ) -> Begin {
         let mut sql = String::new();
         let mut reset = None;
@@ -109,16 +105,7 @@ impl Dialect {
                 });
             }
         }
-        let session = session.then(|| self.session_id()).flatten();
-        if let Some(query) = session {
-            sql.push_str("; ");
-            sql.push_str(query);
-        }
-        Begin {
-            sql,
-            returns_session: session.is_some(),
-            reset,
-        }
+        Begin { sql, reset }
     }
 
     /// A query returning the server session id, for [`Dialect::cancel`].
@@ -207,17 +194,16 @@ mod tests {
 
     #[test]
     fn postgres_options_ride_in_begin() {
-        let plan = Dialect::Postgres.begin(Isolation::Serializable, true, false, false);
+        let plan = Dialect::Postgres.begin(Isolation::Serializable, true, false);
         assert_eq!(plan.sql, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY");
-        assert!(!plan.returns_session && plan.reset.is_none());
-        let plan = Dialect::Postgres.begin(Isolation::Default, false, false, true);
-        assert_eq!(plan.sql, "BEGIN; SELECT pg_backend_pid()::int8");
-        assert!(plan.returns_session);
+        assert!(plan.reset.is_none());
+        let plan = Dialect::Postgres.begin(Isolation::Default, false, false);
+        assert_eq!(plan.sql, "BEGIN");
     }
 
     #[test]
     fn mysql_sets_isolation_for_the_next_transaction_in_the_same_round_trip() {
-        let plan = Dialect::MySql.begin(Isolation::ReadCommitted, true, false, false);
+        let plan = Dialect::MySql.begin(Isolation::ReadCommitted, true, false);
         assert_eq!(
             plan.sql,
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY; \
@@ -228,11 +214,10 @@ mod tests {
 
     #[test]
     fn sqlite_maps_read_only_to_query_only_and_resets_it() {
-        let plan = Dialect::Sqlite.begin(Isolation::Serializable, true, true, true);
+        let plan = Dialect::Sqlite.begin(Isolation::Serializable, true, true);
         assert_eq!(plan.sql, "PRAGMA query_only = ON; BEGIN DEFERRED");
         assert_eq!(plan.reset, Some("PRAGMA query_only = OFF"));
-        assert!(!plan.returns_session, "SQLite is interrupted in-process");
-        let plan = Dialect::Sqlite.begin(Isolation::Default, false, true, false);
+        let plan = Dialect::Sqlite.begin(Isolation::Default, false, true);
         assert_eq!(plan.sql, "BEGIN IMMEDIATE");
     }
 

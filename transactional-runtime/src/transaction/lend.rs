@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{first_abandoned, Frame, Lease, Level, Open, Slot, Transaction};
+use super::{first_abandoned, Frame, Lease, Level, Open, Slot, State, Transaction};
 use crate::detach::Detachable;
 use crate::dialect::Dialect;
 use crate::driver::Conn;
@@ -166,26 +166,46 @@ impl Transaction {
             },
         };
         let session = plan.session && conn.reads_ints();
+        let session_query = session.then(|| dialect.session_id()).flatten();
+        // Everything sent before lending rides in as few round trips as it can: BEGIN with the
+        // savepoints to open and the session id; otherwise the savepoints with the session id.
+        let opens: Vec<String> = plan
+            .open
+            .iter()
+            .map(|(_, _, name)| dialect.savepoint(name))
+            .collect();
+        let batch = |first: Option<&str>| -> String {
+            first
+                .into_iter()
+                .map(str::to_owned)
+                .chain(opens.iter().cloned())
+                .chain(session_query.map(str::to_owned))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let mut opened = false;
         if plan.begin {
             let begin = dialect.begin(
                 self.options.isolation,
                 self.options.read_only,
                 ds.settings.sqlite_begin_immediate,
-                session,
             );
+            let sql = batch(Some(&begin.sql));
             conn.set_clean(false);
-            let begun = match begin.returns_session {
-                true => conn.query_int(&begin.sql).await,
-                false => conn.run(&begin.sql).await.map(|()| None),
+            let begun = match session_query {
+                Some(_) => conn.query_int(&sql).await,
+                None => conn.run(&sql).await.map(|()| None),
             };
             match begun {
                 Ok(session) => {
                     let mut st = self.lock();
                     st.begun = true;
                     st.reset = begin.reset;
-                    if begin.returns_session {
+                    if session_query.is_some() {
                         st.session = session;
                     }
+                    push_opened(&mut st, &plan.open);
+                    opened = true;
                 }
                 Err(source) => {
                     // Its state is unknown: `conn` is closed as it is dropped.
@@ -203,17 +223,6 @@ impl Transaction {
                 return Err(self.fail(conn, error));
             }
         }
-        // Without a BEGIN to ride with, the session id rides with the last SAVEPOINT, or goes
-        // on its own.
-        let session_query = (session && !plan.begin)
-            .then(|| dialect.session_id())
-            .flatten();
-        if session_query.is_some() && plan.open.is_empty() {
-            match conn.query_int(session_query.unwrap_or_default()).await {
-                Ok(session) => self.lock().session = session,
-                Err(source) => return Err(self.fail(conn, self.statement_error(source))),
-            }
-        }
         if plan.arm {
             match conn.get_mut().arm_interrupt(self.interrupt.clone()).await {
                 Ok(armed) => self.lock().interrupt_armed = armed,
@@ -225,32 +234,23 @@ impl Transaction {
                 return Err(self.fail(conn, error));
             }
         }
-        let last = plan.open.len();
-        for (n, (scope, level, name)) in plan.open.into_iter().enumerate() {
-            let opened = match session_query.filter(|_| n + 1 == last) {
-                Some(query) => {
-                    let sql = format!("{}; {query}", dialect.savepoint(&name));
-                    conn.query_int_control(&sql).await
-                }
-                None => conn
-                    .run_control(&dialect.savepoint(&name))
-                    .await
-                    .map(|()| None),
+        if !opened && (!opens.is_empty() || session_query.is_some()) {
+            let sql = batch(None);
+            let done = match session_query {
+                Some(_) => conn.query_int_control(&sql).await,
+                None => conn.run_control(&sql).await.map(|()| None),
             };
-            match opened {
+            match done {
                 Ok(session) => {
                     let mut st = self.lock();
-                    st.savepoints.push(Open {
-                        level,
-                        scope,
-                        name,
-                        abandoned: false,
-                    });
-                    if session.is_some() {
+                    if session_query.is_some() {
                         st.session = session;
                     }
+                    push_opened(&mut st, &plan.open);
                 }
                 Err(source) => {
+                    // The savepoints' state is unknown: the connection goes back as it is, and
+                    // the scope that asked gets the error.
                     self.give_back(Some(conn));
                     return Err(Error::Savepoint {
                         data_source: ds.name.to_string(),
@@ -263,6 +263,18 @@ impl Transaction {
             tx: self.clone(),
             conn: Some(conn),
         })
+    }
+}
+
+/// Records the savepoints a batch opened.
+fn push_opened(st: &mut State, open: &[(Weak<Level>, u64, String)]) {
+    for (scope, level, name) in open {
+        st.savepoints.push(Open {
+            level: *level,
+            scope: scope.clone(),
+            name: name.clone(),
+            abandoned: false,
+        });
     }
 }
 
