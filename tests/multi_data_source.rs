@@ -152,3 +152,52 @@ async fn nested_scopes_on_two_databases_both_commit() {
     assert_eq!(pg.ids().await, vec![1, 2]);
     assert_eq!(my.ids().await, vec![1]);
 }
+
+/// Tenants' pools registered under names built at run time (as from configuration): a scope
+/// names its tenant's data source with a `String`, and its transaction, rows and state stay
+/// on that tenant's pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sources_named_at_run_time() {
+    let Some(first) = Env::<Pg>::new("tenant_a").await else {
+        return;
+    };
+    let second = Env::<Pg>::also("tenant_b").await;
+    let tenants: Vec<(String, &Env<Pg>)> = [&first, &second]
+        .into_iter()
+        .enumerate()
+        .map(|(i, env)| (format!("tenant_{}_{i}", std::process::id()), env))
+        .collect();
+    for (name, env) in &tenants {
+        transactional::register(name, env.pool.clone()).unwrap();
+    }
+    for (i, (name, env)) in tenants.iter().enumerate() {
+        let table = env.table.clone();
+        let other = tenants[1 - i].0.clone();
+        let r: AppResult<()> = Transactional::new()
+            .data_source(name.clone())
+            .name(format!("tenant {name}"))
+            .run(async {
+                assert!(transactional::data_source(name).is_active());
+                assert!(!transactional::data_source(&other).is_active());
+                common::hook_support::insert_on::<Pg>(name, &table, 10 + i as i64).await?;
+                Ok(())
+            })
+            .await;
+        r.unwrap();
+    }
+    assert_eq!(first.ids().await, vec![10]);
+    assert_eq!(second.ids().await, vec![11]);
+
+    // An error names the scope and the data source as they were built.
+    let missing = format!("tenant_{}_missing", std::process::id());
+    let r: AppResult<()> = Transactional::new()
+        .data_source(missing.clone())
+        .propagation(Propagation::Mandatory)
+        .run(async { Ok(()) })
+        .await;
+    let message = r.unwrap_err().tx().to_string();
+    assert!(message.contains(&missing), "{message}");
+    for (name, _) in &tenants {
+        assert!(transactional::deregister(name));
+    }
+}

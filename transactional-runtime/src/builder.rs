@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::name::Name;
 use crate::options::{Isolation, Propagation, TxOptions};
 use crate::scope::Scope;
 
@@ -26,7 +27,7 @@ use crate::scope::Scope;
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[must_use = "a Transactional does nothing until `.run(...)` is awaited"]
 pub struct Transactional {
     options: TxOptions,
@@ -50,9 +51,10 @@ impl Transactional {
         &self.options
     }
 
-    /// Names the scope (for logs, tracing and the recording mock).
-    pub const fn name(mut self, name: &'static str) -> Self {
-        self.options.name = name;
+    /// Names the scope (for logs, tracing and the recording mock): a `&'static str`, or a
+    /// name built at run time (see [`Name`]).
+    pub fn name(mut self, name: impl Into<Name>) -> Self {
+        self.options.name = name.into();
         self
     }
 
@@ -83,9 +85,11 @@ impl Transactional {
         self
     }
 
-    /// Runs on the named data source instead of `"default"`.
-    pub const fn data_source(mut self, name: &'static str) -> Self {
-        self.options.data_source = name;
+    /// Runs on the named data source instead of `"default"`: a `&'static str`, or a name
+    /// known only at run time, such as a tenant's pool registered from configuration (see
+    /// [`Name`]).
+    pub fn data_source(mut self, name: impl Into<Name>) -> Self {
+        self.options.data_source = name.into();
         self
     }
 

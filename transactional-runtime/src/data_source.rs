@@ -160,13 +160,13 @@ impl DataSource {
     pub(crate) fn emit(&self, scope: &TxOptions, kind: EventKind) {
         tracing::debug!(
             target: "transactional",
-            scope = scope.name,
+            scope = %scope.name,
             data_source = %self.name,
             propagation = %scope.propagation,
             event = ?kind,
         );
         self.source.observe(ScopeEvent {
-            scope: *scope,
+            scope: scope.clone(),
             kind,
         });
     }

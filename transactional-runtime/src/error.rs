@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::name::Name;
 use crate::options::Propagation;
 
 /// A boxed error from user code (a failing before-commit hook, say).
@@ -54,7 +55,7 @@ pub enum Error {
         /// The data source.
         data_source: String,
         /// The scope's name.
-        scope: &'static str,
+        scope: Name,
     },
     /// `NEVER` found a transaction; the body did not run.
     #[error("existing transaction found for propagation NEVER on data source `{data_source}` (scope `{scope}`): call it outside any transaction, or use NOT_SUPPORTED to suspend it")]
@@ -62,7 +63,7 @@ pub enum Error {
         /// The data source.
         data_source: String,
         /// The scope's name.
-        scope: &'static str,
+        scope: Name,
     },
     /// The transaction was rolled back although the owning scope returned `Ok`, because a
     /// participant failed or marked it rollback-only. Nothing was saved.
@@ -72,7 +73,7 @@ pub enum Error {
     #[error("transactional scope `{scope}` timed out after {timeout:?}: the body was cancelled and its transaction rolled back")]
     Timeout {
         /// The scope's name.
-        scope: &'static str,
+        scope: Name,
         /// The timeout it was given.
         timeout: Duration,
     },
@@ -84,7 +85,7 @@ pub enum Error {
     #[error("scope `{scope}` ended while a connection guard of its transaction was still held (returned from the body or moved into a spawned task): the transaction was rolled back; drop every guard before the scope returns")]
     GuardOutlivedScope {
         /// The scope's name.
-        scope: &'static str,
+        scope: Name,
     },
     /// Waited too long for the transaction's connection: another user of this task's
     /// transaction kept it.
@@ -149,7 +150,7 @@ pub enum Error {
     #[error("invalid options for scope `{scope}`: {reason}")]
     InvalidOptions {
         /// The scope's name.
-        scope: &'static str,
+        scope: Name,
         /// What is wrong.
         reason: String,
     },
@@ -172,13 +173,13 @@ pub enum Error {
     #[error("cannot create a savepoint for NESTED scope `{scope}`: the transaction is already marked rollback-only and will roll back")]
     RollbackOnlySavepoint {
         /// The scope's name.
-        scope: &'static str,
+        scope: Name,
     },
     /// A joining scope's options conflict with the transaction it joins (strict validation).
     #[error("scope `{scope}` cannot join the existing transaction: {reason}; turn off strict validation, or give the scope REQUIRES_NEW")]
     IncompatibleTransaction {
         /// The scope's name.
-        scope: &'static str,
+        scope: Name,
         /// What differs.
         reason: String,
     },
@@ -204,7 +205,7 @@ impl Error {
     pub(crate) fn propagation_refused(
         propagation: Propagation,
         data_source: &str,
-        scope: &'static str,
+        scope: Name,
     ) -> Error {
         let data_source = data_source.to_owned();
         match propagation {

@@ -230,7 +230,7 @@ pub(crate) enum Ending {
 pub(crate) async fn run_after(
     hooks: Vec<Hook>,
     ending: Ending,
-    scope: &'static str,
+    scope: &str,
     ran: &(dyn Fn(&'static str) + Sync),
 ) {
     let outcome = match ending {
@@ -259,15 +259,15 @@ pub(crate) async fn run_after(
     }
 }
 
-async fn run_logged(run: After, kind: &'static str, scope: &'static str) {
+async fn run_logged(run: After, kind: &'static str, scope: &str) {
     match AssertUnwindSafe(run).catch_unwind().await {
         Ok(None) => {}
         Ok(Some(error)) => {
-            tracing::error!(scope, hook = kind, %error, "transaction hook failed");
+            tracing::error!(target: "transactional", scope, hook = kind, %error, "transaction hook failed");
         }
         Err(panic) => {
             let message = panic_message(&*panic);
-            tracing::error!(scope, hook = kind, panic = %message, "transaction hook panicked");
+            tracing::error!(target: "transactional", scope, hook = kind, panic = %message, "transaction hook panicked");
         }
     }
 }

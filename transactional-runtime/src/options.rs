@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::name::Name;
+
 /// How a scope relates to the transaction that is current when it starts.
 ///
 /// The seven modes of Spring's `Propagation`, with the same semantics:
@@ -108,12 +110,12 @@ impl fmt::Display for Isolation {
 
 /// Everything a scope was asked for, independent of the body it runs.
 ///
-/// Built with [`Transactional`](crate::Transactional); `Copy` and `const`, so the
+/// Built with [`Transactional`](crate::Transactional); `const`, so the
 /// `#[transactional]` macro builds it at compile time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxOptions {
     /// A name for logs, tracing and the recording mock; the macro uses the fn's path.
-    pub name: &'static str,
+    pub name: Name,
     /// See [`Propagation`].
     pub propagation: Propagation,
     /// See [`Isolation`].
@@ -123,7 +125,7 @@ pub struct TxOptions {
     /// A hard deadline for the scope, measured from its start.
     pub timeout: Option<Duration>,
     /// The registered data source the scope works on.
-    pub data_source: &'static str,
+    pub data_source: Name,
 }
 
 /// The name of the data source used when none is given.
@@ -132,12 +134,12 @@ pub const DEFAULT_DATA_SOURCE: &str = "default";
 impl TxOptions {
     /// `REQUIRED`, default isolation, read-write, no timeout, the default data source.
     pub const DEFAULT: TxOptions = TxOptions {
-        name: "transactional",
+        name: Name::from_static("transactional"),
         propagation: Propagation::Required,
         isolation: Isolation::Default,
         read_only: false,
         timeout: None,
-        data_source: DEFAULT_DATA_SOURCE,
+        data_source: Name::from_static(DEFAULT_DATA_SOURCE),
     };
 }
 
@@ -162,7 +164,7 @@ impl TxOptions {
             return Ok(());
         };
         Err(crate::Error::InvalidOptions {
-            scope: self.name,
+            scope: self.name.clone(),
             reason: format!(
                 "`{option}` applies to a transaction the scope begins, and propagation {} never begins one",
                 self.propagation

@@ -28,6 +28,7 @@ use crate::driver::{Conn, TxConnection};
 use crate::error::Error;
 use crate::events::ScopeEvent;
 use crate::hooks::{run_after, Ending, Hook, RollbackCause};
+use crate::name::Name;
 use crate::options::DEFAULT_DATA_SOURCE;
 
 /// How mocked-out transactions end, as far as hooks can tell.
@@ -145,13 +146,17 @@ pub async fn rollback_after<F: Future>(fut: F) -> Result<F::Output, Error> {
 }
 
 /// Like [`rollback_after`], on the data source `name`.
-pub async fn rollback_after_on<F: Future>(name: &'static str, fut: F) -> Result<F::Output, Error> {
+pub async fn rollback_after_on<F: Future>(
+    name: impl Into<Name>,
+    fut: F,
+) -> Result<F::Output, Error> {
+    let name = name.into();
     Transactional::new()
         .name("transactional::testing::rollback_after")
-        .data_source(name)
+        .data_source(name.clone())
         .run_as_test_root(async {
             let output = fut.await;
-            crate::api::data_source(name).set_rollback_only();
+            crate::api::data_source(&name).set_rollback_only();
             Ok(output)
         })
         .await

@@ -117,7 +117,7 @@ impl RunningEnd {
                         )),
                     }),
                     PHASE_ROLLING_BACK_AFTER_TIMEOUT => Some(Error::Timeout {
-                        scope: self.options.name,
+                        scope: self.options.name.clone(),
                         timeout: self.options.timeout.unwrap_or_default(),
                     }),
                     _ => None,
@@ -170,7 +170,7 @@ impl Running {
     pub(super) fn end(self, body: BodyEnd, cancel: Option<BoxFuture<'static, ()>>) -> ScopeEnd {
         let timeout = (body == BodyEnd::Timeout).then(|| self.timeout_error());
         let deadline = self.deadline.as_ref().map(|(at, _)| *at);
-        let options = self.options;
+        let options = self.options.clone();
         let (frame, suspended) = match self.what {
             What::Mocked => return ScopeEnd::Ready(Some(Report::error(timeout))),
             What::Without {
@@ -301,7 +301,7 @@ impl End {
 
     fn timeout_error(&self) -> Error {
         Error::Timeout {
-            scope: self.options.name,
+            scope: self.options.name.clone(),
             timeout: self.options.timeout.unwrap_or_default(),
         }
     }
@@ -348,7 +348,7 @@ impl End {
                 }
             };
         }
-        let scope = self.options.name;
+        let scope = self.options.name.clone();
         let (ending, error) = match verdict {
             Verdict::Commit => {
                 let phase = self.phase.clone();
@@ -478,14 +478,14 @@ impl End {
             }
             SavepointEnd::Done | SavepointEnd::Abandoned | SavepointEnd::Gone => verdict_error,
             SavepointEnd::GuardOutlived => Some(Error::GuardOutlivedScope {
-                scope: self.options.name,
+                scope: self.options.name.clone(),
             }),
             SavepointEnd::RolledBackInstead(source) => Some(Error::Aborted {
                 data_source: frame.tx().data_source.name.to_string(),
                 source,
             }),
             SavepointEnd::Failed(error) => {
-                tracing::error!(target: "transactional", scope = self.options.name, %error, "ending a savepoint failed; the enclosing transaction is marked rollback-only");
+                tracing::error!(target: "transactional", scope = %self.options.name, %error, "ending a savepoint failed; the enclosing transaction is marked rollback-only");
                 parent.mark_rollback_only();
                 if self.body == BodyEnd::Ok && verdict_error.is_none() {
                     Some(error)
@@ -515,9 +515,9 @@ impl End {
         };
         let data_source = &self.frame.tx().data_source;
         let ctx = outer.for_scope(&data_source.name, None, None);
-        let options = self.options;
+        let options = self.options.clone();
         let ran = |hook| data_source.emit(&options, EventKind::HookRan { hook });
-        ctx.scope(run_after(hooks, ending, self.options.name, &ran))
+        ctx.scope(run_after(hooks, ending, &self.options.name, &ran))
             .await;
     }
 }

@@ -49,14 +49,14 @@ impl Running {
         let outer = Context::current();
         if let Mode::Mocked(_) = outer.mode() {
             return Ok(Running {
-                options: *options,
+                options: options.clone(),
                 body_ctx: outer.clone(),
                 outer,
                 what: What::Mocked,
                 deadline: None,
             });
         }
-        let data_source = outer.data_source(options.data_source)?;
+        let data_source = outer.data_source(&options.data_source)?;
         let own_deadline = options
             .timeout
             .and_then(|timeout| Instant::now().checked_add(timeout));
@@ -64,7 +64,7 @@ impl Running {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let current = outer.frame(options.data_source).cloned();
+        let current = outer.frame(&options.data_source).cloned();
         let mut decision = decide(options.propagation, current.is_some());
         if decision == Decision::Join && current.as_ref().is_some_and(|f| f.test_root) {
             // Inside `testing::rollback_after`, a scope that would begin a transaction of its
@@ -77,8 +77,8 @@ impl Running {
                 emit(EventKind::Refused);
                 return Err(Error::propagation_refused(
                     options.propagation,
-                    options.data_source,
-                    options.name,
+                    &options.data_source,
+                    options.name.clone(),
                 ));
             }
             (Decision::RunWithout, current) => {
@@ -96,10 +96,10 @@ impl Running {
                     emit(EventKind::Suspended);
                 }
                 emit(EventKind::Began);
-                let tx = Transaction::new(data_source.clone(), *options, current.is_some());
+                let tx = Transaction::new(data_source.clone(), options.clone(), current.is_some());
                 let tx = Arc::new(tx);
                 let level = Arc::new(Level::root(tx));
-                let mut frame = Frame::new(level, Role::Owner, *options, None, deadline);
+                let mut frame = Frame::new(level, Role::Owner, options.clone(), None, deadline);
                 frame.test_root = test_root;
                 What::Tx {
                     frame: Arc::new(frame),
@@ -110,7 +110,13 @@ impl Running {
                 check_join(options, &data_source, current.tx())?;
                 emit(EventKind::Joined);
                 let level = current.level.clone();
-                let frame = Frame::new(level, Role::Participant, *options, Some(current), deadline);
+                let frame = Frame::new(
+                    level,
+                    Role::Participant,
+                    options.clone(),
+                    Some(current),
+                    deadline,
+                );
                 What::Tx {
                     frame: Arc::new(frame),
                     suspended: false,
@@ -119,14 +125,20 @@ impl Running {
             (Decision::Nest, Some(current)) => {
                 if current.level.is_rollback_only() {
                     return Err(Error::RollbackOnlySavepoint {
-                        scope: options.name,
+                        scope: options.name.clone(),
                     });
                 }
                 let level = Arc::new(Level::savepoint(current.level.clone()));
                 emit(EventKind::Nested {
                     savepoint: level.savepoint.clone().unwrap_or_default(),
                 });
-                let frame = Frame::new(level, Role::Savepoint, *options, Some(current), deadline);
+                let frame = Frame::new(
+                    level,
+                    Role::Savepoint,
+                    options.clone(),
+                    Some(current),
+                    deadline,
+                );
                 What::Tx {
                     frame: Arc::new(frame),
                     suspended: false,
@@ -149,7 +161,7 @@ impl Running {
         }
         let body_ctx = outer.for_scope(&data_source.name, frame, own_deadline);
         Ok(Running {
-            options: *options,
+            options: options.clone(),
             outer,
             body_ctx,
             what,
@@ -188,7 +200,7 @@ impl Running {
 
     pub(super) fn timeout_error(&self) -> Error {
         Error::Timeout {
-            scope: self.options.name,
+            scope: self.options.name.clone(),
             timeout: self.options.timeout.unwrap_or_default(),
         }
     }
@@ -218,10 +230,10 @@ fn check_join(
     let reason = reasons.join(", and ");
     if data_source.settings.validate_existing_transaction {
         return Err(Error::IncompatibleTransaction {
-            scope: options.name,
+            scope: options.name.clone(),
             reason,
         });
     }
-    tracing::warn!(target: "transactional", scope = options.name, %reason, "joining a transaction whose options differ; the transaction's own options apply");
+    tracing::warn!(target: "transactional", scope = %options.name, %reason, "joining a transaction whose options differ; the transaction's own options apply");
     Ok(())
 }
