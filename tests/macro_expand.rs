@@ -112,20 +112,58 @@ mod fake {
 
     /// What the expansion calls; the real ones differ only in how they hold the body.
     pub mod __private {
-        use super::{Error, Transactional};
+        use super::{record, Error, Transactional};
         use std::future::Future;
 
-        pub fn send<F, T, E>(tx: Transactional, body: F) -> impl Future<Output = Result<T, E>>
+        pub struct Text<'a, E>(pub &'a E);
+
+        pub trait ViaDisplay {
+            fn text(&self) -> Option<String>;
+        }
+
+        impl<E: std::fmt::Display> ViaDisplay for Text<'_, E> {
+            fn text(&self) -> Option<String> {
+                Some(self.0.to_string())
+            }
+        }
+
+        pub trait ViaNothing {
+            fn text(&self) -> Option<String>;
+        }
+
+        impl<E> ViaNothing for &Text<'_, E> {
+            fn text(&self) -> Option<String> {
+                None
+            }
+        }
+
+        pub type Describe<R> = fn(&R) -> Option<String>;
+
+        /// Records how the expansion put an error in words.
+        async fn described<R>(describe: Option<Describe<R>>, out: impl Future<Output = R>) -> R {
+            let out = out.await;
+            if let Some(text) = describe.and_then(|describe| describe(&out)) {
+                record(format!("described({text})"));
+            }
+            out
+        }
+
+        pub fn send<F, T, E>(
+            tx: Transactional,
+            describe: Option<Describe<Result<T, E>>>,
+            body: F,
+        ) -> impl Future<Output = Result<T, E>>
         where
             F: Future<Output = Result<T, E>> + Send,
             E: From<Error>,
         {
-            tx.run(body)
+            described(describe, tx.run(body))
         }
 
         pub fn send_with_rule<F, T, E, P>(
             tx: Transactional,
             commit_on: P,
+            describe: Option<Describe<Result<T, E>>>,
             body: F,
         ) -> impl Future<Output = Result<T, E>>
         where
@@ -133,20 +171,25 @@ mod fake {
             E: From<Error>,
             P: Fn(&E) -> bool,
         {
-            tx.run_with_no_rollback_for(commit_on, body)
+            described(describe, tx.run_with_no_rollback_for(commit_on, body))
         }
 
-        pub fn local<F, T, E>(tx: Transactional, body: F) -> impl Future<Output = Result<T, E>>
+        pub fn local<F, T, E>(
+            tx: Transactional,
+            describe: Option<Describe<Result<T, E>>>,
+            body: F,
+        ) -> impl Future<Output = Result<T, E>>
         where
             F: Future<Output = Result<T, E>>,
             E: From<Error>,
         {
-            tx.run(body)
+            described(describe, tx.run(body))
         }
 
         pub fn local_with_rule<F, T, E, P>(
             tx: Transactional,
             commit_on: P,
+            describe: Option<Describe<Result<T, E>>>,
             body: F,
         ) -> impl Future<Output = Result<T, E>>
         where
@@ -154,7 +197,7 @@ mod fake {
             E: From<Error>,
             P: Fn(&E) -> bool,
         {
-            tx.run_with_no_rollback_for(commit_on, body)
+            described(describe, tx.run_with_no_rollback_for(commit_on, body))
         }
     }
 }
@@ -513,4 +556,62 @@ async fn r#type() -> AppResult<()> {
 #[test]
 fn raw_identifiers_are_named_without_the_prefix() {
     assert_eq!(run(r#type()).1[1], "name(macro_expand::type)");
+}
+
+/// An error type with `Display`.
+#[derive(Debug, PartialEq)]
+struct Shown(&'static str);
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shown: {}", self.0)
+    }
+}
+
+impl From<fake::Error> for Shown {
+    fn from(_: fake::Error) -> Self {
+        Shown("tx")
+    }
+}
+
+#[transactional(crate = "crate::fake")]
+async fn fails_with_display() -> Result<(), Shown> {
+    Err(Shown("out of stock"))
+}
+
+#[transactional(crate = "crate::fake")]
+async fn fails_without_display() -> AppResult<()> {
+    Err(AppError::NotFound)
+}
+
+#[transactional(crate = "crate::fake")]
+async fn fails_generic<E: std::fmt::Display + From<fake::Error>>(e: E) -> Result<(), E> {
+    Err(e)
+}
+
+#[transactional(crate = "crate::fake")]
+async fn fails_opaque<E: From<fake::Error>>(e: E) -> Result<(), E> {
+    Err(e)
+}
+
+#[test]
+fn an_error_is_put_in_words_when_it_implements_display() {
+    let described = |calls: Vec<String>| {
+        calls
+            .into_iter()
+            .filter(|c| c.starts_with("described"))
+            .collect::<Vec<_>>()
+    };
+    let (_, calls) = run(fails_with_display());
+    assert_eq!(described(calls), ["described(shown: out of stock)"]);
+    let (_, calls) = run(fails_generic(Shown("generic")));
+    assert_eq!(described(calls), ["described(shown: generic)"]);
+    // Without `Display` (known from the type, or not promised by a generic's bounds): nothing.
+    let (_, calls) = run(fails_without_display());
+    assert!(described(calls).is_empty());
+    let (_, calls) = run(fails_opaque(Shown("hidden")));
+    assert!(described(calls).is_empty());
+    // `Ok` is never described.
+    let (_, calls) = run(plain(1));
+    assert!(described(calls).is_empty());
 }

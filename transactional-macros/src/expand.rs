@@ -39,12 +39,17 @@ pub(crate) fn transactional(args: TokenStream, item: TokenStream) -> TokenStream
 /// Emits the fn with its signature and attributes as written and this body:
 ///
 /// ```text
-/// ::transactional::Transactional::new()
-///     .name(concat!(module_path!(), "::", "<fn>"))
-///     .<one setter per option given>
-///     .run(async move { <body> })
-///     .await
+/// ::transactional::__private::<send | local>[_with_rule](
+///     ::transactional::Transactional::new()
+///         .name(concat!(module_path!(), "::", "<fn>"))
+///         .<one setter per option given>,
+///     [<the no_rollback_for predicate>,]
+///     async move { <body> },
+/// )
 /// ```
+///
+/// wrapped in `__private::describing(<that>, <describer>)` when the return type reads as a
+/// `Result` (see [`describe_errors`]), then `.await`ed.
 pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
     let TxFn {
         attrs,
@@ -112,12 +117,17 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
     // cannot use (its `ScopeResult` bound) is reported on the return type.
     let entry = Ident::new(entry, ret_span);
     let private = respan(quote!(#krate::__private::#entry), ret_span);
+    // With the return type's span too: a return type the runtime cannot use is reported there.
+    let describe = match describe_errors(&krate, &sig.output) {
+        Some(describe) => quote_spanned!(ret_span=> ::core::option::Option::Some(#describe)),
+        None => quote_spanned!(ret_span=> ::core::option::Option::None),
+    };
     let call = match &args.no_rollback_for {
         Some(predicate) => {
             let predicate = typed_predicate(predicate, &sig.output);
-            quote!(#private(#builder, #predicate, #body))
+            quote!(#private(#builder, #predicate, #describe, #body))
         }
-        None => quote!(#private(#builder, #body)),
+        None => quote!(#private(#builder, #describe, #body)),
     };
 
     quote! {
@@ -127,6 +137,39 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
             #call.await
         }
     }
+}
+
+/// For a return type that reads as a `Result` (`Result<T, E>`, `io::Result<T>`, an alias
+/// `AppResult<T>`): a way to put the error in words for the log line of the rollback it
+/// causes, its `Display` when it has one. Nothing for other return types (the runtime's
+/// `ScopeResult` bound reports those) or one that contains `impl Trait`, which a closure's
+/// parameter cannot name.
+fn describe_errors(krate: &TokenStream, output: &ReturnType) -> Option<TokenStream> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let syn::Type::Path(path) = &**ty else {
+        return None;
+    };
+    let reads_as_result = path
+        .path
+        .segments
+        .last()
+        .is_some_and(|last| last.ident.to_string().ends_with("Result"));
+    if !reads_as_result || mentions_impl(ty.to_token_stream()) || path.qself.is_some() {
+        return None;
+    }
+    let span = ty.span();
+    Some(quote_spanned! {span=>
+        |output: &#ty| match output {
+            ::core::result::Result::Err(error) => {
+                #[allow(unused_imports)]
+                use #krate::__private::{ViaDisplay as _, ViaNothing as _};
+                (&#krate::__private::Text(error)).text()
+            }
+            ::core::result::Result::Ok(_) => ::core::option::Option::None,
+        }
+    })
 }
 
 /// The same tokens, all with `span`.
@@ -219,6 +262,20 @@ mod tests {
         squash(s.parse::<TokenStream>().unwrap())
     }
 
+    /// The describer the expansion passes for a return type `ty`.
+    fn describer(krate: &str, ty: &str) -> String {
+        format!(
+            "::core::option::Option::Some(|output: &{ty}| match output {{
+                ::core::result::Result::Err(error) => {{
+                    #[allow(unused_imports)]
+                    use {krate}::__private::{{ViaDisplay as _, ViaNothing as _}};
+                    (&{krate}::__private::Text(error)).text()
+                }}
+                ::core::result::Result::Ok(_) => ::core::option::Option::None,
+            }})"
+        )
+    }
+
     #[test]
     fn bare_attribute_only_names_the_scope() {
         let out = expand_str(
@@ -232,18 +289,23 @@ mod tests {
         assert_eq!(
             out,
             tokens(
-                r#"
+                &r#"
                 #[doc = r" Saves."]
                 #[must_use]
                 pub async fn save(&self, x: i32) -> Result<i32, AppError> {
                     ::transactional::__private::local(
                         ::transactional::Transactional::new()
                             .name(::core::concat!(::core::module_path!(), "::", "save")),
+                        DESCRIBER,
                         async move { Ok(x) }
                     )
                     .await
                 }
                 "#
+                .replace(
+                    "DESCRIBER",
+                    &describer("::transactional", "Result<i32, AppError>")
+                ),
             )
         );
     }
@@ -269,7 +331,7 @@ mod tests {
         assert_eq!(
             out,
             tokens(
-                r#"
+                &r#"
                 async fn r#report() -> AppResult<()> {
                     my::tx::__private::send_with_rule(
                         my::tx::Transactional::new()
@@ -294,11 +356,13 @@ mod tests {
                                     AppError::is_benign
                                 )
                             },
+                            DESCRIBER,
                             async move { Ok(()) }
                     )
                     .await
                 }
                 "#
+                .replace("DESCRIBER", &describer("my::tx", "AppResult<()>")),
             )
         );
     }
@@ -318,7 +382,7 @@ mod tests {
         assert_eq!(
             out,
             tokens(
-                r#"
+                &r#"
                 async fn f() -> Result<(), E> {
                     #![allow(unused)]
                     ::transactional::__private::send(
@@ -326,11 +390,13 @@ mod tests {
                             .name(::core::concat!(::core::module_path!(), "::", "f"))
                             .read_only(false)
                             .timeout(::core::time::Duration::from_millis(2000)),
+                        DESCRIBER,
                         async move { let x = 1; Ok(()) }
                     )
                     .await
                 }
                 "#
+                .replace("DESCRIBER", &describer("::transactional", "Result<(), E>")),
             )
         );
     }
@@ -345,8 +411,12 @@ mod tests {
                 }
             ),
         );
-        // As written: no identity fn naming the return type around it.
-        assert!(out.contains(",|e:&E|e.ok(),asyncmove{Ok(1)})"), "{out}");
+        // As written: no identity fn naming the return type around it, and no describer (a
+        // closure's parameter cannot name `impl Display`).
+        assert!(
+            out.contains(",|e:&E|e.ok(),::core::option::Option::None,asyncmove{Ok(1)})"),
+            "{out}"
+        );
         assert!(mentions_impl(quote!(Result<Vec<impl Display>, E>)));
         assert!(!mentions_impl(quote!(Result<Vec<Implement>, E>)));
     }

@@ -232,10 +232,11 @@ fn register_hook(data_source: &str, hook: Hook) -> Option<(Hook, Ending)> {
         Some(frame) if !frame.level.is_ended() => {
             let kind = hook.kind();
             frame.level.hooks.push(hook);
-            frame
-                .tx()
-                .data_source
-                .emit(&frame.options, EventKind::HookRegistered { hook: kind });
+            frame.tx().data_source.emit(
+                &frame.options,
+                &tracing::Span::current(),
+                EventKind::HookRegistered { hook: kind },
+            );
             None
         }
         _ => Some((hook, Ending::Committed)),

@@ -145,7 +145,36 @@ pub mod __private {
     use std::pin::Pin;
 
     use super::Transactional;
-    pub use crate::scope::{Scope, ScopeResult};
+    pub use crate::scope::{Describe, Scope, ScopeResult};
+
+    /// Puts a body's error in words when its type implements `Display`: the macro calls
+    /// `(&Text(error)).text()`, which resolves to [`ViaDisplay`] when it can and to
+    /// [`ViaNothing`] otherwise.
+    pub struct Text<'a, E>(pub &'a E);
+
+    /// [`Text`] of an error that implements `Display`.
+    pub trait ViaDisplay {
+        /// The error's `Display`.
+        fn text(&self) -> Option<String>;
+    }
+
+    impl<E: std::fmt::Display> ViaDisplay for Text<'_, E> {
+        fn text(&self) -> Option<String> {
+            Some(self.0.to_string())
+        }
+    }
+
+    /// [`Text`] of any other error.
+    pub trait ViaNothing {
+        /// Nothing.
+        fn text(&self) -> Option<String>;
+    }
+
+    impl<E> ViaNothing for &Text<'_, E> {
+        fn text(&self) -> Option<String> {
+            None
+        }
+    }
 
     /// A `Send` body, type-erased.
     pub type Erased<'a, R> = Pin<Box<dyn Future<Output = R> + Send + 'a>>;
@@ -174,21 +203,26 @@ pub mod __private {
     }
 
     /// The scope of an annotated fn whose body is `Send`.
+    ///
+    /// `describe` puts the body's error in words (see [`Text`]).
     pub fn send<'a, F>(
         tx: Transactional,
+        describe: Option<Describe<F::Output>>,
         body: F,
     ) -> Scope<Erased<'a, F::Output>, NoRule<F::Output>>
     where
         F: Future + Send + 'a,
         F::Output: ScopeResult,
     {
-        Scope::new(tx.options, None, Box::pin(body))
+        let body: Erased<'a, F::Output> = Box::pin(body);
+        Scope::new(tx.options, None, body).describing(describe)
     }
 
     /// [`send`], with a `no_rollback_for` rule.
     pub fn send_with_rule<'a, F, P>(
         tx: Transactional,
         commit_on: P,
+        describe: Option<Describe<F::Output>>,
         body: F,
     ) -> Scope<Erased<'a, F::Output>, P>
     where
@@ -196,25 +230,35 @@ pub mod __private {
         F::Output: ScopeResult,
         P: Fn(&ErrorOf<F::Output>) -> bool,
     {
-        Scope::new(tx.options, Some(commit_on), Box::pin(body))
+        let body: Erased<'a, F::Output> = Box::pin(body);
+        Scope::new(tx.options, Some(commit_on), body).describing(describe)
     }
 
     /// The scope of an annotated fn whose body may not be `Send`: it keeps its type.
-    pub fn local<F>(tx: Transactional, body: F) -> Scope<Boxed<F>, NoRule<F::Output>>
+    pub fn local<F>(
+        tx: Transactional,
+        describe: Option<Describe<F::Output>>,
+        body: F,
+    ) -> Scope<Boxed<F>, NoRule<F::Output>>
     where
         F: Future,
         F::Output: ScopeResult,
     {
-        Scope::new(tx.options, None, Boxed(Box::pin(body)))
+        Scope::new(tx.options, None, Boxed(Box::pin(body))).describing(describe)
     }
 
     /// [`local`], with a `no_rollback_for` rule.
-    pub fn local_with_rule<F, P>(tx: Transactional, commit_on: P, body: F) -> Scope<Boxed<F>, P>
+    pub fn local_with_rule<F, P>(
+        tx: Transactional,
+        commit_on: P,
+        describe: Option<Describe<F::Output>>,
+        body: F,
+    ) -> Scope<Boxed<F>, P>
     where
         F: Future,
         F::Output: ScopeResult,
         P: Fn(&ErrorOf<F::Output>) -> bool,
     {
-        Scope::new(tx.options, Some(commit_on), Boxed(Box::pin(body)))
+        Scope::new(tx.options, Some(commit_on), Boxed(Box::pin(body))).describing(describe)
     }
 }

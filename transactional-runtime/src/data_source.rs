@@ -9,12 +9,15 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use once_cell::sync::Lazy;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Database, Executor, Pool};
+use tracing::Span;
 
 use crate::dialect::Dialect;
 use crate::driver::Conn;
 use crate::error::Error;
 use crate::events::{EventKind, ScopeEvent};
+use crate::hooks::RollbackCause;
 use crate::options::{TxOptions, DEFAULT_DATA_SOURCE};
+use crate::trace;
 
 /// How a data source treats scopes that join its transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,16 +158,22 @@ impl DataSource {
         })
     }
 
-    /// Reports what a scope did: to `tracing` (target `transactional`, debug level) and to the
-    /// source (the recording mock keeps it).
-    pub(crate) fn emit(&self, scope: &TxOptions, kind: EventKind) {
-        tracing::debug!(
-            target: "transactional",
-            scope = %scope.name,
-            data_source = %self.name,
-            propagation = %scope.propagation,
-            event = ?kind,
-        );
+    /// Reports what a scope did: to `tracing`, under the scope's span (see `trace`), and to
+    /// the source (the recording mock keeps it).
+    pub(crate) fn emit(&self, scope: &TxOptions, span: &Span, kind: EventKind) {
+        self.emit_with(scope, span, kind, None, None);
+    }
+
+    /// [`emit`](Self::emit), with why a savepoint was rolled back to and the body's error.
+    pub(crate) fn emit_with(
+        &self,
+        scope: &TxOptions,
+        span: &Span,
+        kind: EventKind,
+        savepoint_cause: Option<RollbackCause>,
+        detail: Option<&str>,
+    ) {
+        trace::event(span, &kind, savepoint_cause, detail);
         self.source.observe(ScopeEvent {
             scope: scope.clone(),
             kind,

@@ -33,6 +33,7 @@ mod options;
 mod propagation;
 mod scope;
 pub mod testing;
+mod trace;
 mod transaction;
 
 pub use api::{

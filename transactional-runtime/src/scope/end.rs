@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::time::{Instant, Sleep};
+use tracing::{Instrument, Span};
 
 use super::start::{Running, What};
 use crate::context::Context;
@@ -23,6 +24,7 @@ use crate::error::Error;
 use crate::events::EventKind;
 use crate::hooks::{run_after, Ending, RollbackCause};
 use crate::options::TxOptions;
+use crate::trace;
 use crate::transaction::{Finished, Frame, Level, Role, SavepointEnd};
 
 /// How long after its deadline a scope may take to stop its statement and roll back before
@@ -78,6 +80,8 @@ pub(super) struct RunningEnd {
     /// whose COMMIT is unanswered returns an unknown outcome; the work goes on by itself.
     cutoff: Option<Pin<Box<Sleep>>>,
     options: TxOptions,
+    /// The scope's span and start, until the caller has its answer (or drops it).
+    elapsed: Option<(Span, Instant)>,
 }
 
 impl ScopeEnd {
@@ -94,6 +98,7 @@ impl RunningEnd {
         let work = self.work.as_mut().expect("polled after completion");
         if let Poll::Ready(report) = Pin::new(work).poll(cx) {
             self.work = None;
+            self.record_elapsed();
             return Poll::Ready(report);
         }
         if let Some(cutoff) = &mut self.cutoff {
@@ -124,6 +129,7 @@ impl RunningEnd {
                 };
                 if let Some(error) = error {
                     self.detach();
+                    self.record_elapsed();
                     return Poll::Ready(Report::error(Some(error)));
                 }
             }
@@ -137,10 +143,22 @@ impl RunningEnd {
             work.detach();
         }
     }
+
+    fn record_elapsed(&mut self) {
+        if let Some((span, started)) = self.elapsed.take() {
+            trace::record_elapsed(&span, started);
+        }
+    }
 }
 
 impl Drop for RunningEnd {
     fn drop(&mut self) {
+        if self.work.is_some() {
+            if let Some((span, _)) = &self.elapsed {
+                trace::cancelled(span);
+            }
+        }
+        self.record_elapsed();
         self.detach();
     }
 }
@@ -156,6 +174,9 @@ struct End {
     suspended: bool,
     phase: Arc<AtomicU8>,
     detached: Arc<AtomicBool>,
+    span: Span,
+    /// The body's error, as text (see `trace`).
+    detail: Option<String>,
 }
 
 /// What to do with a transaction or savepoint.
@@ -170,37 +191,42 @@ impl Running {
     pub(super) fn end(self, body: BodyEnd, cancel: Option<BoxFuture<'static, ()>>) -> ScopeEnd {
         let timeout = (body == BodyEnd::Timeout).then(|| self.timeout_error());
         let deadline = self.deadline.as_ref().map(|(at, _)| *at);
-        let options = self.options.clone();
-        let (frame, suspended) = match self.what {
-            What::Mocked => return ScopeEnd::Ready(Some(Report::error(timeout))),
+        let ready = |span: &Span, timeout| {
+            trace::record_elapsed(span, self.started);
+            ScopeEnd::Ready(Some(Report::error(timeout)))
+        };
+        let (frame, suspended) = match &self.what {
+            What::Mocked => return ready(&self.span, timeout),
             What::Without {
                 data_source,
                 suspended,
             } => {
-                if suspended {
-                    data_source.emit(&self.options, EventKind::Resumed);
+                if *suspended {
+                    data_source.emit(&self.options, &self.span, EventKind::Resumed);
                 }
-                return ScopeEnd::Ready(Some(Report::error(timeout)));
+                return ready(&self.span, timeout);
             }
-            What::Tx { frame, suspended } => (frame, suspended),
+            What::Tx { frame, suspended } => (frame.clone(), *suspended),
         };
         if frame.role == Role::Participant {
             // A joined scope ends without a statement: its failure marks the transaction.
-            if matches!(
+            let fails = matches!(
                 body,
                 BodyEnd::Err { commits: false } | BodyEnd::Panic | BodyEnd::Timeout
-            ) {
+            );
+            if fails {
                 frame.level.mark_rollback_only();
             }
+            trace::joined_end(&self.span, fails);
             let Some(cancel) = cancel else {
-                return ScopeEnd::Ready(Some(Report::error(timeout)));
+                return ready(&self.span, timeout);
             };
             let work = async move {
                 cancel.await;
                 Report::error(timeout)
             };
             let phase = Arc::new(AtomicU8::new(PHASE_ROLLING_BACK_AFTER_TIMEOUT));
-            return ScopeEnd::Running(running_end(work, phase, Arc::default(), deadline, options));
+            return ScopeEnd::Running(running_end(work, phase, Arc::default(), deadline, &self));
         }
         let phase = if body == BodyEnd::Timeout {
             PHASE_ROLLING_BACK_AFTER_TIMEOUT
@@ -213,22 +239,27 @@ impl Running {
             frame,
             outer: self.outer.clone(),
             body_ctx: self.body_ctx.clone(),
-            options: self.options,
+            options: self.options.clone(),
             body,
             deadline,
             suspended,
             phase: phase.clone(),
             detached: detached.clone(),
+            span: self.span.clone(),
+            detail: self.detail.clone(),
         };
         let work: BoxFuture<'static, Report> = match end.frame.role {
             Role::Savepoint => Box::pin(end.savepoint(cancel)),
             _ => Box::pin(end.owner(cancel)),
         };
-        ScopeEnd::Running(running_end(work, phase, detached, deadline, options))
+        ScopeEnd::Running(running_end(work, phase, detached, deadline, &self))
     }
 
     /// The scope's future was dropped while its body ran (the body is already dropped).
     pub(super) fn abandon(self, cancel: Option<BoxFuture<'static, ()>>) {
+        trace::cancelled(&self.span);
+        trace::record_elapsed(&self.span, self.started);
+        let span = self.span;
         match self.what {
             What::Mocked => {}
             What::Without {
@@ -236,11 +267,14 @@ impl Running {
                 suspended,
             } => {
                 if suspended {
-                    data_source.emit(&self.options, EventKind::Resumed);
+                    data_source.emit(&self.options, &span, EventKind::Resumed);
                 }
             }
             What::Tx { frame, suspended } => match frame.role {
-                Role::Participant => frame.level.mark_rollback_only(),
+                Role::Participant => {
+                    frame.level.mark_rollback_only();
+                    trace::joined_end(&span, true);
+                }
                 Role::Savepoint => {
                     frame.tx().abandon_savepoint(&frame.level);
                     if let Some(cancel) = cancel {
@@ -248,11 +282,14 @@ impl Running {
                         // and the work of the levels around it, need not wait for it.
                         Detachable::new(cancel).detach();
                     }
-                    frame.tx().data_source.emit(
+                    frame.tx().data_source.emit_with(
                         &self.options,
+                        &span,
                         EventKind::RolledBackToSavepoint {
                             savepoint: frame.level.savepoint.clone().unwrap_or_default(),
                         },
+                        Some(RollbackCause::Cancelled),
+                        None,
                     );
                 }
                 Role::Owner => {
@@ -266,8 +303,10 @@ impl Running {
                         suspended,
                         phase: Arc::default(),
                         detached: Arc::new(AtomicBool::new(true)),
+                        span: span.clone(),
+                        detail: None,
                     };
-                    Detachable::new(end.owner(cancel)).detach();
+                    Detachable::new(end.owner(cancel).instrument(span)).detach();
                 }
             },
         }
@@ -279,24 +318,28 @@ fn running_end(
     phase: Arc<AtomicU8>,
     detached: Arc<AtomicBool>,
     deadline: Option<Instant>,
-    options: TxOptions,
+    running: &Running,
 ) -> RunningEnd {
     let cutoff = deadline.map(|at| {
         let from = at.max(Instant::now());
         Box::pin(tokio::time::sleep_until(from + DEADLINE_GRACE))
     });
     RunningEnd {
-        work: Some(Detachable::new(work)),
+        work: Some(Detachable::new(work.instrument(running.span.clone()))),
         phase,
         detached,
         cutoff,
-        options,
+        options: running.options.clone(),
+        elapsed: Some((running.span.clone(), running.started)),
     }
 }
 
 impl End {
     fn emit(&self, kind: EventKind) {
-        self.frame.tx().data_source.emit(&self.options, kind);
+        self.frame
+            .tx()
+            .data_source
+            .emit(&self.options, &self.span, kind);
     }
 
     fn timeout_error(&self) -> Error {
@@ -387,11 +430,19 @@ impl End {
                 }
             }
         };
-        self.emit(match ending {
+        let detail = match ending {
+            Ending::RolledBack(RollbackCause::Error | RollbackCause::Panic) => {
+                self.detail.as_deref()
+            }
+            _ => None,
+        };
+        let kind = match ending {
             Ending::Committed => EventKind::Committed,
             Ending::RolledBack(cause) => EventKind::RolledBack { cause },
             Ending::Unknown => EventKind::CommitFailed,
-        });
+        };
+        let data_source = &frame.tx().data_source;
+        data_source.emit_with(&self.options, &self.span, kind, None, detail);
         if self.suspended {
             self.emit(EventKind::Resumed);
         }
@@ -461,9 +512,9 @@ impl End {
                 verdict = Verdict::Rollback(RollbackCause::Timeout, Some(self.timeout_error()));
             }
         }
-        let (release, verdict_error) = match verdict {
-            Verdict::Commit => (true, None),
-            Verdict::Rollback(_, error) => (false, error),
+        let (release, mut cause, verdict_error) = match verdict {
+            Verdict::Commit => (true, None, None),
+            Verdict::Rollback(cause, error) => (false, Some(cause), error),
         };
         let ended = frame
             .tx()
@@ -480,12 +531,16 @@ impl End {
             SavepointEnd::GuardOutlived => Some(Error::GuardOutlivedScope {
                 scope: self.options.name.clone(),
             }),
-            SavepointEnd::RolledBackInstead(source) => Some(Error::Aborted {
-                data_source: frame.tx().data_source.name.to_string(),
-                source,
-            }),
+            SavepointEnd::RolledBackInstead(source) => {
+                cause = Some(RollbackCause::Aborted);
+                Some(Error::Aborted {
+                    data_source: frame.tx().data_source.name.to_string(),
+                    source,
+                })
+            }
             SavepointEnd::Failed(error) => {
-                tracing::error!(target: "transactional", scope = %self.options.name, %error, "ending a savepoint failed; the enclosing transaction is marked rollback-only");
+                tracing::error!(target: trace::TARGET, parent: &self.span, %error, "ending a savepoint failed; the enclosing transaction is marked rollback-only");
+                cause = cause.or(Some(RollbackCause::CommitFailed));
                 parent.mark_rollback_only();
                 if self.body == BodyEnd::Ok && verdict_error.is_none() {
                     Some(error)
@@ -496,7 +551,17 @@ impl End {
         };
         // Rolled back to: its hooks (and those of savepoints inside it) are discarded.
         drop(level.hooks.take());
-        self.emit(EventKind::RolledBackToSavepoint { savepoint });
+        let detail = match cause {
+            Some(RollbackCause::Error | RollbackCause::Panic) => self.detail.as_deref(),
+            _ => None,
+        };
+        frame.tx().data_source.emit_with(
+            &self.options,
+            &self.span,
+            EventKind::RolledBackToSavepoint { savepoint },
+            cause,
+            detail,
+        );
         Report::error(error)
     }
 
@@ -515,8 +580,7 @@ impl End {
         };
         let data_source = &self.frame.tx().data_source;
         let ctx = outer.for_scope(&data_source.name, None, None);
-        let options = self.options.clone();
-        let ran = |hook| data_source.emit(&options, EventKind::HookRan { hook });
+        let ran = |hook| data_source.emit(&self.options, &self.span, EventKind::HookRan { hook });
         ctx.scope(run_after(hooks, ending, &self.options.name, &ran))
             .await;
     }

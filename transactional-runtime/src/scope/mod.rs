@@ -59,10 +59,16 @@ pub struct Scope<B: Future, P> {
     test_root: bool,
     body: Option<B>,
     rule: Option<P>,
+    /// The body's error as text, for the log line of the rollback it causes (the macro
+    /// passes one for error types that implement `Display`).
+    describe: Option<Describe<B::Output>>,
     stage: Stage,
     output: Option<B::Output>,
     panic: Option<Box<dyn Any + Send>>,
 }
+
+/// Describes the body's output when it is an error.
+pub type Describe<R> = fn(&R) -> Option<String>;
 
 enum Stage {
     Start,
@@ -93,6 +99,15 @@ const _: () = {
     send::<Option<Box<dyn Any + Send>>>();
 };
 
+impl<B: Future, P> Scope<B, P> {
+    /// Gives the scope a way to put the body's error in words, for its rollback's log line
+    /// (what `#[transactional]` passes; see `builder::__private`).
+    pub(crate) fn describing(mut self, describe: Option<Describe<B::Output>>) -> Self {
+        self.describe = describe;
+        self
+    }
+}
+
 impl<B, P> Scope<B, P>
 where
     B: Future + Unpin,
@@ -105,6 +120,7 @@ where
             test_root: false,
             body: Some(body),
             rule,
+            describe: None,
             stage: Stage::Start,
             output: None,
             panic: None,
@@ -127,22 +143,33 @@ where
             return Some(BodyEnd::Timeout);
         }
         let body = self.body.as_mut().expect("the body runs until it ends");
-        let polled = running
-            .body_ctx
-            .enter_here(|| catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *body).poll(cx))));
+        let polled = {
+            let _entered = running.span.enter();
+            running
+                .body_ctx
+                .enter_here(|| catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *body).poll(cx))))
+        };
         match polled {
             Ok(Poll::Pending) => None,
             Ok(Poll::Ready(output)) => {
                 let ended = match output.error() {
                     None => BodyEnd::Ok,
-                    Some(error) => BodyEnd::Err {
-                        commits: self.rule.as_ref().is_some_and(|rule| rule(error)),
-                    },
+                    Some(error) => {
+                        if let Some(describe) = self.describe {
+                            if tracing::enabled!(target: "transactional", tracing::Level::DEBUG) {
+                                running.detail = describe(&output);
+                            }
+                        }
+                        BodyEnd::Err {
+                            commits: self.rule.as_ref().is_some_and(|rule| rule(error)),
+                        }
+                    }
                 };
                 self.output = Some(output);
                 Some(ended)
             }
             Err(payload) => {
+                running.detail = Some(crate::hooks::panic_message(&*payload));
                 self.panic = Some(payload);
                 Some(BodyEnd::Panic)
             }
@@ -245,7 +272,9 @@ impl<B: Future, P> Drop for Scope<B, P> {
                 // Scopes inside the body hand their work off first: innermost first. Dropped
                 // in its own context, as it ran.
                 let body = &mut self.body;
-                running.body_ctx.enter(|| *body = None);
+                running
+                    .span
+                    .in_scope(|| running.body_ctx.enter(|| *body = None));
                 running.abandon(cancel);
             }
             // Finishes on a task of its own.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::time::{Instant, Sleep};
+use tracing::Span;
 
 use crate::context::{Context, Mode};
 use crate::data_source::DataSource;
@@ -15,6 +16,7 @@ use crate::error::Error;
 use crate::events::EventKind;
 use crate::options::{Isolation, TxOptions};
 use crate::propagation::{decide, Decision};
+use crate::trace;
 use crate::transaction::{Frame, Level, Role, Transaction};
 
 /// A scope whose body runs.
@@ -27,6 +29,11 @@ pub(crate) struct Running {
     pub(super) what: What,
     /// The scope's own deadline, and the timer that enforces it.
     pub(super) deadline: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// The scope's span (see `trace`), entered while its body is polled.
+    pub(super) span: Span,
+    pub(super) started: Instant,
+    /// The body's error, as text, for the log line of the rollback it causes.
+    pub(super) detail: Option<String>,
 }
 
 pub(super) enum What {
@@ -45,15 +52,32 @@ impl Running {
     /// Decides, and builds the body's context. Fails (without running the body) on invalid
     /// options, an unknown data source, MANDATORY without and NEVER with a transaction.
     pub(crate) fn start(options: &TxOptions, test_root: bool) -> Result<Running, Error> {
+        let started = Instant::now();
+        let span = trace::scope_span(options);
+        Running::decide(options, test_root, &span, started).inspect_err(|error| {
+            tracing::warn!(target: trace::TARGET, parent: &span, %error, "the scope did not start");
+        })
+    }
+
+    fn decide(
+        options: &TxOptions,
+        test_root: bool,
+        span: &Span,
+        started: Instant,
+    ) -> Result<Running, Error> {
         options.validate()?;
         let outer = Context::current();
         if let Mode::Mocked(_) = outer.mode() {
+            span.record("action", "mocked");
             return Ok(Running {
                 options: options.clone(),
                 body_ctx: outer.clone(),
                 outer,
                 what: What::Mocked,
                 deadline: None,
+                span: span.clone(),
+                started,
+                detail: None,
             });
         }
         let data_source = outer.data_source(&options.data_source)?;
@@ -71,7 +95,7 @@ impl Running {
             // own in production gets a savepoint, so its failure undoes only its own work.
             decision = Decision::Nest;
         }
-        let emit = |kind| data_source.emit(options, kind);
+        let emit = |kind| data_source.emit(options, span, kind);
         let what = match (decision, current) {
             (Decision::Refuse, _) => {
                 emit(EventKind::Refused);
@@ -107,7 +131,7 @@ impl Running {
                 }
             }
             (Decision::Join, Some(current)) => {
-                check_join(options, &data_source, current.tx())?;
+                check_join(options, &data_source, current.tx(), span)?;
                 emit(EventKind::Joined);
                 let level = current.level.clone();
                 let frame = Frame::new(
@@ -152,6 +176,9 @@ impl Running {
             What::Tx { frame, .. } => Some(frame.clone()),
             _ => None,
         };
+        if let Some(frame) = &frame {
+            trace::record_tx(span, frame.tx().id);
+        }
         if let Some(frame) = frame
             .as_ref()
             .filter(|_| data_source.source.begins_eagerly())
@@ -166,6 +193,9 @@ impl Running {
             body_ctx,
             what,
             deadline: own_deadline.map(|at| (at, Box::pin(tokio::time::sleep_until(at)))),
+            span: span.clone(),
+            started,
+            detail: None,
         })
     }
 
@@ -212,6 +242,7 @@ fn check_join(
     options: &TxOptions,
     data_source: &DataSource,
     tx: &Transaction,
+    span: &Span,
 ) -> Result<(), Error> {
     let mut reasons = Vec::new();
     let asked = options.isolation;
@@ -234,6 +265,6 @@ fn check_join(
             reason,
         });
     }
-    tracing::warn!(target: "transactional", scope = %options.name, %reason, "joining a transaction whose options differ; the transaction's own options apply");
+    tracing::warn!(target: trace::TARGET, parent: span, %reason, "joining a transaction whose options differ; the transaction's own options apply");
     Ok(())
 }

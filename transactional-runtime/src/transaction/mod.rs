@@ -39,6 +39,8 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One physical transaction on one connection, taken from the pool at its first use.
 pub(crate) struct Transaction {
+    /// What the spans of its scopes share (see `trace`).
+    pub(crate) id: u64,
     pub(crate) data_source: Arc<DataSource>,
     pub(crate) options: TxOptions,
     /// Began while another transaction of the same data source was suspended (REQUIRES_NEW):
@@ -109,6 +111,7 @@ impl Transaction {
         suspends: bool,
     ) -> Transaction {
         Transaction {
+            id: crate::trace::next_tx_id(),
             data_source,
             options,
             suspends,
