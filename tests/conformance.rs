@@ -21,6 +21,8 @@ mod hooks_context;
 mod nested;
 #[path = "conformance/options.rs"]
 mod options;
+#[path = "conformance/pool_status.rs"]
+mod pool_status;
 #[path = "conformance/propagation.rs"]
 mod propagation;
 #[path = "conformance/rollback.rs"]

@@ -10,6 +10,7 @@ use crate::error::{BoxError, Error};
 use crate::events::EventKind;
 use crate::guard::{acquire, ConnectionGuard};
 use crate::hooks::{run_after, Ending, Hook, HookResult, Outcome, RollbackCause};
+use crate::status::PoolStatus;
 
 /// The current transaction of one data source, as seen from this task.
 ///
@@ -33,6 +34,15 @@ pub fn data_source(name: &str) -> DataSourceRef<'_> {
     DataSourceRef { name }
 }
 
+/// A snapshot of the pool of the data source `name` (as this task sees it: a pool given to
+/// [`with_data_source`](crate::with_data_source) shadows the registered one): its size,
+/// idle and in-use connections, the transactions holding one, the callers waiting for one.
+///
+/// Fails with [`Error::NoDataSource`] when nothing is registered under `name`.
+pub fn pool_status(name: &str) -> Result<PoolStatus, Error> {
+    Ok(Context::current().data_source(name)?.status())
+}
+
 /// Runs `f` on the current data source: the innermost scope's (`data_source = "…"`), or
 /// `"default"` outside any scope.
 fn current<R>(f: impl FnOnce(DataSourceRef<'_>) -> R) -> R {
@@ -46,6 +56,11 @@ impl DataSourceRef<'_> {
     /// The data source's name.
     pub fn name(&self) -> &str {
         self.name
+    }
+
+    /// A snapshot of the data source's pool; see [`pool_status`].
+    pub fn status(&self) -> Result<PoolStatus, Error> {
+        pool_status(self.name)
     }
 
     /// The connection to run queries on: the current transaction's, or a pooled one in

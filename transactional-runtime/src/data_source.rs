@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::events::{EventKind, ScopeEvent};
 use crate::hooks::RollbackCause;
 use crate::options::{TxOptions, DEFAULT_DATA_SOURCE};
+use crate::status::{PoolCounts, PoolStatus, Usage};
 use crate::trace;
 
 /// How a data source treats scopes that join its transactions.
@@ -69,6 +70,14 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn run_aside(&self, sql: String) -> BoxFuture<'static, Result<(), sqlx::Error>>;
     /// The typed pool, for connections handed out in autocommit.
     fn as_any(&self) -> &dyn Any;
+    /// The pool's own counts.
+    fn counts(&self) -> PoolCounts {
+        PoolCounts {
+            size: 0,
+            max_size: 0,
+            idle: 0,
+        }
+    }
     /// Told what each scope on this data source does (the recording mock records it).
     fn observe(&self, _event: ScopeEvent) {}
     /// Begin transactions and savepoints as their scopes start, not at their first use of the
@@ -117,6 +126,14 @@ where
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn counts(&self) -> PoolCounts {
+        PoolCounts {
+            size: self.size(),
+            max_size: self.options().get_max_connections(),
+            idle: self.num_idle(),
+        }
+    }
 }
 
 /// A registered data source: a name, a dialect and where its connections come from.
@@ -126,6 +143,8 @@ pub(crate) struct DataSource {
     pub database: &'static str,
     pub settings: DataSourceSettings,
     pub source: Arc<dyn Source>,
+    /// What the library counts of its use of the pool.
+    pub usage: Arc<Usage>,
 }
 
 impl fmt::Debug for DataSource {
@@ -155,6 +174,7 @@ impl DataSource {
             database: DB::NAME,
             settings,
             source: Arc::new(pool),
+            usage: Arc::default(),
         })
     }
 
@@ -178,6 +198,21 @@ impl DataSource {
             scope: scope.clone(),
             kind,
         });
+    }
+
+    /// A snapshot of the pool.
+    pub(crate) fn status(&self) -> PoolStatus {
+        let counts = self.source.counts();
+        PoolStatus {
+            data_source: self.name.to_string(),
+            database: self.database,
+            size: counts.size,
+            max_size: counts.max_size,
+            idle: counts.idle,
+            in_use: counts.size.saturating_sub(counts.idle as u32),
+            transactions: self.usage.transactions(),
+            waiting: self.usage.waiting(),
+        }
     }
 
     pub(crate) fn pool<DB: Database>(&self) -> Result<&Pool<DB>, Error> {

@@ -17,6 +17,8 @@ use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Database, Executor};
 
+use crate::status::Counted;
+
 /// A connection the runtime can run a transaction on.
 pub(crate) trait TxConnection: Send + 'static {
     /// Runs `sql`: one or more statements, over the text protocol.
@@ -229,6 +231,8 @@ mod concrete {
 pub(crate) struct Conn {
     inner: Option<Box<dyn TxConnection>>,
     clean: bool,
+    /// Counts it as a transaction's while it lives (see `status`).
+    counted: Option<Counted>,
 }
 
 impl Conn {
@@ -237,7 +241,13 @@ impl Conn {
         Conn {
             inner: Some(inner),
             clean: true,
+            counted: None,
         }
+    }
+
+    /// Counts it as held by a transaction until it is dropped.
+    pub(crate) fn count_as(&mut self, counted: Counted) {
+        self.counted = Some(counted);
     }
 
     /// Whether dropping it returns it to the pool (`true`) or closes it.

@@ -10,6 +10,7 @@ use sqlx::Database;
 use crate::context::{Context, Mode};
 use crate::data_source::MOCK_DATABASE;
 use crate::error::Error;
+use crate::status::counted_wait;
 use crate::transaction::Lease;
 
 /// A connection for repository code, from [`connection`](crate::connection) or
@@ -118,11 +119,15 @@ pub(crate) async fn acquire<DB: Database>(data_source: &str) -> Result<Connectio
                 found => found?,
             };
             let pool = ds.pool::<DB>()?;
-            Inner::Pooled(pool.acquire().await.map_err(|source| Error::Acquire {
-                data_source: data_source.to_owned(),
-                hint: "",
-                source,
-            })?)
+            Inner::Pooled(
+                counted_wait(&ds.usage, pool.acquire())
+                    .await
+                    .map_err(|source| Error::Acquire {
+                        data_source: data_source.to_owned(),
+                        hint: "",
+                        source,
+                    })?,
+            )
         }
     };
     Ok(ConnectionGuard { inner })

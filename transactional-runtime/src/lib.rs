@@ -32,13 +32,14 @@ mod name;
 mod options;
 mod propagation;
 mod scope;
+mod status;
 pub mod testing;
 mod trace;
 mod transaction;
 
 pub use api::{
     after_commit, after_completion, after_rollback, before_commit, connection, data_source,
-    is_active, is_rollback_only, set_rollback_only, DataSourceRef,
+    is_active, is_rollback_only, pool_status, set_rollback_only, DataSourceRef,
 };
 pub use builder::{__private, Transactional};
 pub use context::{with_data_source, with_data_source_settings};
@@ -50,3 +51,4 @@ pub use guard::ConnectionGuard;
 pub use hooks::{HookResult, Outcome, RollbackCause};
 pub use name::Name;
 pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
+pub use status::PoolStatus;

@@ -225,6 +225,7 @@ impl MockDataSource {
             database: MOCK_DATABASE,
             settings: DataSourceSettings::new(),
             source: Arc::new(MockSource(self.inner.clone())),
+            usage: Arc::default(),
         };
         Context::current()
             .with_data_source(data_source)

@@ -11,6 +11,7 @@ use crate::detach::Detachable;
 use crate::dialect::Dialect;
 use crate::driver::Conn;
 use crate::error::Error;
+use crate::status::{counted_wait, Counted};
 
 /// What to send before lending the connection.
 #[derive(Default)]
@@ -148,8 +149,11 @@ impl Transaction {
         let dialect = ds.dialect;
         let mut conn = match conn {
             Some(conn) => conn,
-            None => match ds.source.acquire().await {
-                Ok(conn) => conn,
+            None => match counted_wait(&ds.usage, ds.source.acquire()).await {
+                Ok(mut conn) => {
+                    conn.count_as(Counted::transaction(&ds.usage));
+                    conn
+                }
                 Err(source) => {
                     self.give_back(None);
                     let exhausted = matches!(source, sqlx::Error::PoolTimedOut);
