@@ -424,3 +424,49 @@ conformance! {
         }
     }
 }
+
+// ---- Detached after-commit hooks --------------------------------------------------------------
+
+conformance! {
+    /// A detached after-commit hook does not delay the scope: the scope returns while the hook
+    /// still waits, and the hook then runs on its own task, with no transaction current, and
+    /// sees the committed row. A rolled-back transaction never runs it.
+    async fn a_detached_after_commit_hook_runs_on_its_own_task(env: Env<D>) {
+        let env = Arc::new(env);
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let r: AppResult<()> = env.run(scope(Required).run(async {
+            env.insert(1).await?;
+            let e = env.clone();
+            transactional::after_commit_detached(move || async move {
+                go.await.unwrap();
+                let active = transactional::is_active();
+                done_tx.send((active, e.ids().await)).unwrap();
+            })
+            .await;
+            Ok(())
+        }))
+        .await;
+        r.unwrap();
+        // The scope has returned although the hook is still waiting.
+        go_tx.send(()).unwrap();
+        let (active, seen) = tokio::time::timeout(Duration::from_secs(5), done).await.unwrap().unwrap();
+        assert!(!active, "no transaction inside a detached hook");
+        assert_eq!(seen, [1], "it sees the committed row");
+
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r2 = ran.clone();
+        let r: AppResult<()> = env.run(scope(Required).run(async {
+            env.insert(2).await?;
+            transactional::after_commit_detached(move || async move {
+                r2.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+            .await;
+            Err(AppError::Boom("roll back"))
+        }))
+        .await;
+        assert!(r.unwrap_err().is_boom());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "not after a rollback");
+    }
+}

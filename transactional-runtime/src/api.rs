@@ -118,6 +118,10 @@ impl DataSourceRef<'_> {
     /// Runs `hook` once the current transaction has committed, after its connection is back in
     /// the pool and with no transaction current. Outside a transaction it runs at once. Its
     /// failure or panic is logged and changes nothing: the commit stands.
+    ///
+    /// The scope awaits its after-commit hooks before it returns, so a slow hook delays its
+    /// caller (an HTTP response, say). For slow side effects (sending mail, calling another
+    /// service) use [`after_commit_detached`](Self::after_commit_detached).
     pub async fn after_commit<F, Fut>(&self, hook: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -125,6 +129,20 @@ impl DataSourceRef<'_> {
         Fut::Output: HookResult,
     {
         run_now(register_hook(self.name, Hook::after_commit(hook))).await;
+    }
+
+    /// Like [`after_commit`](Self::after_commit), but the hook runs on a task of its own
+    /// (`tokio::spawn`), so the scope returns as soon as the transaction has committed. Its
+    /// failure or panic is logged (target `transactional`, error level) under the scope's
+    /// span. Nothing waits for it: the process may stop before it has run, so use it for side
+    /// effects that may be lost (or that a transactional outbox backs up).
+    pub async fn after_commit_detached<F, Fut>(&self, hook: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HookResult,
+    {
+        run_now(register_hook(self.name, Hook::after_commit_detached(hook))).await;
     }
 
     /// Runs `hook` with the cause once the current transaction has rolled back. Outside a
@@ -201,6 +219,19 @@ where
 {
     run_now(current(|ds| {
         register_hook(ds.name, Hook::after_commit(hook))
+    }))
+    .await;
+}
+
+/// See [`DataSourceRef::after_commit_detached`], for the current data source.
+pub async fn after_commit_detached<F, Fut>(hook: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HookResult,
+{
+    run_now(current(|ds| {
+        register_hook(ds.name, Hook::after_commit_detached(hook))
     }))
     .await;
 }

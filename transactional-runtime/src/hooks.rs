@@ -135,6 +135,24 @@ impl Hook {
         Hook::AfterCommit(Box::new(move || Box::pin(f().map(HookResult::into_error))))
     }
 
+    /// An after-commit hook that runs on a task of its own: the scope returns without waiting
+    /// for it. Its failure or panic is logged, under the span current when it was spawned.
+    pub(crate) fn after_commit_detached<F, Fut>(f: F) -> Hook
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HookResult,
+    {
+        Hook::AfterCommit(Box::new(move || {
+            Box::pin(async move {
+                let run: After = Box::pin(f().map(HookResult::into_error));
+                let logged = run_logged(run, "after_commit_detached", "detached");
+                tokio::spawn(tracing::Instrument::in_current_span(logged));
+                None
+            })
+        }))
+    }
+
     pub(crate) fn after_rollback<F, Fut>(f: F) -> Hook
     where
         F: FnOnce(RollbackCause) -> Fut + Send + 'static,

@@ -38,8 +38,9 @@ mod trace;
 mod transaction;
 
 pub use api::{
-    after_commit, after_completion, after_rollback, before_commit, connection, data_source,
-    is_active, is_rollback_only, pool_status, set_rollback_only, DataSourceRef,
+    after_commit, after_commit_detached, after_completion, after_rollback, before_commit,
+    connection, data_source, is_active, is_rollback_only, pool_status, set_rollback_only,
+    DataSourceRef,
 };
 pub use builder::{__private, Transactional};
 pub use context::{with_data_source, with_data_source_settings};
