@@ -121,6 +121,21 @@ impl Transactional {
         Scope::new(self.options, Some(commit_on), Box::pin(body))
     }
 
+    /// [`run`](Self::run), with a way to put the body's error in words for the rollback's log
+    /// line.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn run_describing<F, T, E>(
+        self,
+        body: F,
+        describe: crate::scope::Describe<Result<T, E>>,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        Scope::new(self.options, None::<fn(&E) -> bool>, Box::pin(body)).describing(Some(describe))
+    }
+
     /// The scope of `testing::rollback_after`.
     pub(crate) fn run_as_test_root<F, T, E>(self, body: F) -> impl Future<Output = Result<T, E>>
     where

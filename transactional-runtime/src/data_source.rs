@@ -166,8 +166,7 @@ impl DataSource {
         DB: Database,
         for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     {
-        let dialect = Dialect::from_database_name(DB::NAME)
-            .ok_or(Error::UnsupportedDatabase { database: DB::NAME })?;
+        let dialect = dialect_of(&pool).ok_or(Error::UnsupportedDatabase { database: DB::NAME })?;
         Ok(DataSource {
             name: name.into(),
             dialect,
@@ -205,7 +204,7 @@ impl DataSource {
         let counts = self.source.counts();
         PoolStatus {
             data_source: self.name.to_string(),
-            database: self.database,
+            database: self.dialect.database_name(),
             size: counts.size,
             max_size: counts.max_size,
             idle: counts.idle,
@@ -230,6 +229,23 @@ impl DataSource {
                 actual: self.database,
             })
     }
+}
+
+/// The dialect of a pool: its database's, or for sqlx's `Any` driver, its URL's.
+fn dialect_of<DB: Database>(pool: &Pool<DB>) -> Option<Dialect> {
+    if let Some(dialect) = Dialect::from_database_name(DB::NAME) {
+        return Some(dialect);
+    }
+    #[cfg(feature = "any")]
+    {
+        let options = pool.connect_options();
+        let options: &dyn Any = &*options;
+        if let Some(any) = options.downcast_ref::<sqlx::any::AnyConnectOptions>() {
+            return Dialect::from_url_scheme(any.database_url.scheme());
+        }
+    }
+    let _ = pool;
+    None
 }
 
 /// `DataSource::database` of the recording mock.

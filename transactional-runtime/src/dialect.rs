@@ -47,6 +47,26 @@ pub(crate) enum AbortCheck {
 
 impl Dialect {
     /// The dialect for a sqlx `Database::NAME`.
+    /// The dialect of a URL's scheme (for sqlx's `Any` driver).
+    #[cfg_attr(not(feature = "any"), allow(dead_code))]
+    pub(crate) fn from_url_scheme(scheme: &str) -> Option<Dialect> {
+        match scheme {
+            "postgres" | "postgresql" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::MySql),
+            "sqlite" => Some(Dialect::Sqlite),
+            _ => None,
+        }
+    }
+
+    /// The database's name, as sqlx's drivers spell it.
+    pub(crate) fn database_name(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "PostgreSQL",
+            Dialect::MySql => "MySQL",
+            Dialect::Sqlite => "SQLite",
+        }
+    }
+
     pub(crate) fn from_database_name(name: &str) -> Option<Dialect> {
         match name {
             "PostgreSQL" => Some(Dialect::Postgres),

@@ -155,6 +155,8 @@ mod concrete {
         query_int_on!(conn, sql, sqlx::MySql);
         #[cfg(feature = "sqlite")]
         query_int_on!(conn, sql, sqlx::Sqlite);
+        #[cfg(feature = "any")]
+        query_int_on!(conn, sql, sqlx::Any);
         None
     }
 
@@ -170,6 +172,10 @@ mod concrete {
         }
         #[cfg(feature = "sqlite")]
         if conn.is::<PoolConnection<sqlx::Sqlite>>() {
+            return true;
+        }
+        #[cfg(feature = "any")]
+        if conn.is::<PoolConnection<sqlx::Any>>() {
             return true;
         }
         false

@@ -202,6 +202,39 @@ impl Error {
         matches!(self, Error::Timeout { .. })
     }
 
+    /// sqlx's error, for the variants that carry one.
+    pub fn sqlx_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Error::Acquire { source, .. }
+            | Error::Begin { source, .. }
+            | Error::Commit { source, .. }
+            | Error::Aborted { source, .. }
+            | Error::Savepoint { source, .. }
+            | Error::Database(source) => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Whether no connection could be had: the pool stayed exhausted for its acquire timeout,
+    /// or was closed. A caller may try again later.
+    pub fn is_acquire_failure(&self) -> bool {
+        match self {
+            Error::Acquire { .. } | Error::ConnectionBusy { .. } => true,
+            Error::Database(source) => {
+                matches!(source, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the database refused the transaction because of a concurrent one: a
+    /// serialization failure or a deadlock (PostgreSQL `40001`, `40P01`; MySQL/MariaDB
+    /// `1213`, `1205`; SQLite busy or locked). Running the whole transaction again may succeed.
+    pub fn is_serialization_failure(&self) -> bool {
+        self.sqlx_error().is_some_and(is_serialization_failure)
+    }
+
+    #[doc(hidden)]
     pub(crate) fn propagation_refused(
         propagation: Propagation,
         data_source: &str,
@@ -213,4 +246,24 @@ impl Error {
             _ => Error::ExistingTransaction { data_source, scope },
         }
     }
+}
+
+/// Whether sqlx's error is the database refusing a transaction because of a concurrent one.
+pub(crate) fn is_serialization_failure(error: &sqlx::Error) -> bool {
+    let Some(db) = error.as_database_error() else {
+        return false;
+    };
+    #[cfg(feature = "mysql")]
+    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT.
+        return matches!(mysql.number(), 1213 | 1205);
+    }
+    #[cfg(feature = "sqlite")]
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLITE_BUSY, SQLITE_LOCKED, and their extended codes.
+        let code = db.code().and_then(|code| code.parse::<i32>().ok());
+        return code.is_some_and(|code| matches!(code & 0xff, 5 | 6));
+    }
+    // PostgreSQL: serialization_failure, deadlock_detected.
+    matches!(db.code().as_deref(), Some("40001" | "40P01"))
 }

@@ -36,6 +36,8 @@ mod status;
 pub mod testing;
 mod trace;
 mod transaction;
+#[cfg(feature = "axum")]
+pub mod web;
 
 pub use api::{
     after_commit, after_commit_detached, after_completion, after_rollback, before_commit,
