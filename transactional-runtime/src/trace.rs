@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tracing::field::Empty;
+use tracing::field::{display, Empty};
 use tracing::{Level, Span};
 
 use crate::events::EventKind;
@@ -30,8 +30,8 @@ pub(crate) fn scope_span(options: &TxOptions) -> Span {
         "transactional",
         scope = %options.name,
         data_source = %options.data_source,
-        propagation = options.propagation.as_str(),
-        isolation = options.isolation.as_str(),
+        propagation = %options.propagation,
+        isolation = %options.isolation,
         read_only = options.read_only,
         action = Empty,
         suspended = Empty,
@@ -58,14 +58,12 @@ pub(crate) fn record_elapsed(span: &Span, started: tokio::time::Instant) {
 
 /// A joined scope's end: its transaction's outcome is its owner's to report.
 pub(crate) fn joined_end(span: &Span, marked_rollback_only: bool) {
-    span.record(
-        "outcome",
-        if marked_rollback_only {
-            "marked_rollback_only"
-        } else {
-            "left_to_owner"
-        },
-    );
+    let outcome = if marked_rollback_only {
+        "marked_rollback_only"
+    } else {
+        "left_to_owner"
+    };
+    span.record("outcome", display(outcome));
 }
 
 /// The scope's future was dropped before its body finished.
@@ -88,16 +86,16 @@ pub(crate) fn event(
 ) {
     match kind {
         EventKind::Began => {
-            span.record("action", "began");
+            span.record("action", display("began"));
             tracing::debug!(target: TARGET, parent: span, "began a transaction");
         }
         EventKind::Joined => {
-            span.record("action", "joined");
+            span.record("action", display("joined"));
             tracing::debug!(target: TARGET, parent: span, "joined the current transaction");
         }
         EventKind::Nested { savepoint } => {
-            span.record("action", "nested");
-            span.record("savepoint", savepoint.as_str());
+            span.record("action", display("nested"));
+            span.record("savepoint", display(savepoint));
             tracing::debug!(target: TARGET, parent: span, savepoint = %savepoint, "savepoint");
         }
         EventKind::Suspended => {
@@ -108,29 +106,29 @@ pub(crate) fn event(
             tracing::debug!(target: TARGET, parent: span, "resumed the suspended transaction");
         }
         EventKind::RanWithout => {
-            span.record("action", "ran_without");
+            span.record("action", display("ran_without"));
             tracing::debug!(target: TARGET, parent: span, "ran without a transaction");
         }
         EventKind::Refused => {
-            span.record("action", "refused");
-            span.record("outcome", "refused");
+            span.record("action", display("refused"));
+            span.record("outcome", display("refused"));
             tracing::debug!(target: TARGET, parent: span, "refused to run");
         }
         EventKind::Committed => {
-            span.record("outcome", "committed");
+            span.record("outcome", display("committed"));
             tracing::debug!(target: TARGET, parent: span, "committed");
         }
         EventKind::RolledBack { cause } => {
-            span.record("outcome", "rolled_back");
+            span.record("outcome", display("rolled_back"));
             rolled_back(span, *cause, detail, false);
         }
         EventKind::RolledBackToSavepoint { .. } => {
-            span.record("outcome", "rolled_back_to_savepoint");
+            span.record("outcome", display("rolled_back_to_savepoint"));
             let cause = savepoint_cause.unwrap_or(RollbackCause::Error);
             rolled_back(span, cause, detail, true);
         }
         EventKind::CommitFailed => {
-            span.record("outcome", "unknown");
+            span.record("outcome", display("unknown"));
             tracing::error!(
                 target: TARGET,
                 parent: span,
@@ -138,7 +136,7 @@ pub(crate) fn event(
             );
         }
         EventKind::SavepointReleased { savepoint } => {
-            span.record("outcome", "released");
+            span.record("outcome", display("released"));
             tracing::debug!(target: TARGET, parent: span, savepoint = %savepoint, "released the savepoint");
         }
         EventKind::HookRegistered { hook } => {
@@ -155,7 +153,7 @@ pub(crate) fn event(
 /// a failure of the transaction itself warns.
 fn rolled_back(span: &Span, cause: RollbackCause, detail: Option<&str>, savepoint: bool) {
     let label = cause_label(cause);
-    span.record("cause", label);
+    span.record("cause", display(label));
     let level = match cause {
         RollbackCause::Error | RollbackCause::RollbackOnly => Level::DEBUG,
         RollbackCause::Cancelled => Level::INFO,

@@ -264,3 +264,32 @@ impl IntoResponse for Error {
         answer(&self).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_says_what_the_client_can_do_and_nothing_more() {
+        let timeout = Error::Timeout {
+            scope: Name::from_static("POST /todos"),
+            timeout: Duration::from_secs(5),
+        };
+        assert_eq!(answer(&timeout).0, StatusCode::GATEWAY_TIMEOUT);
+        let exhausted = Error::Acquire {
+            data_source: "default".into(),
+            hint: "",
+            source: sqlx::Error::PoolTimedOut,
+        };
+        assert_eq!(answer(&exhausted).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer(&Error::Database(sqlx::Error::PoolClosed)).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (status, body) = answer(&Error::UnexpectedRollback);
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body, "internal error", "no internals in the body");
+        let response = Error::UnexpectedRollback.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

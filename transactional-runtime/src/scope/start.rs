@@ -68,7 +68,7 @@ impl Running {
         options.validate()?;
         let outer = Context::current();
         if let Mode::Mocked(_) = outer.mode() {
-            span.record("action", "mocked");
+            span.record("action", tracing::field::display("mocked"));
             return Ok(Running {
                 options: options.clone(),
                 body_ctx: outer.clone(),
