@@ -25,6 +25,8 @@ mod options;
 mod pool_status;
 #[path = "conformance/propagation.rs"]
 mod propagation;
+#[path = "conformance/retry.rs"]
+mod retry;
 #[path = "conformance/rollback.rs"]
 mod rollback;
 #[path = "conformance/rollback_after.rs"]

@@ -459,3 +459,50 @@ async fn a_scope_that_does_not_start_warns() {
         .collect();
     assert_eq!(warnings, ["the scope did not start"]);
 }
+
+/// A retried scope: one span per attempt, numbered, and a line saying it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_of_a_retried_scope_is_a_span() {
+    install();
+    let Some(env) = Env::<Lite>::new("trace_retry").await else {
+        return;
+    };
+    #[derive(Debug)]
+    struct Conflict(Option<transactional::Error>);
+    impl From<transactional::Error> for Conflict {
+        fn from(e: transactional::Error) -> Self {
+            Conflict(Some(e))
+        }
+    }
+    impl transactional::RetryableError for Conflict {
+        fn is_retryable(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+    let retried = name("retried");
+    let attempts = AtomicUsize::new(0);
+    let r: Result<(), Conflict> = env
+        .run(
+            Transactional::new()
+                .name(retried.clone())
+                .retry(2)
+                .run(|| async {
+                    match attempts.fetch_add(1, Ordering::SeqCst) {
+                        0 => Err(Conflict(None)),
+                        _ => Ok(()),
+                    }
+                }),
+        )
+        .await;
+    r.unwrap();
+    let found = spans(&retried);
+    let numbers: Vec<_> = found
+        .iter()
+        .map(|(_, s)| field(s, "attempt").to_owned())
+        .collect();
+    assert_eq!(numbers, ["1", "2"]);
+    assert!(events(found[0].0)
+        .iter()
+        .any(|e| e.level == Level::INFO && e.message().contains("running it again")));
+    assert_eq!(field(&found[1].1, "outcome"), "committed");
+}

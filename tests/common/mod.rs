@@ -29,6 +29,27 @@ pub enum AppError {
     Boom(&'static str),
 }
 
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Tx(e) => write!(f, "transaction: {e}"),
+            AppError::Db(e) => write!(f, "database: {e}"),
+            AppError::Boom(what) => write!(f, "boom: {what}"),
+        }
+    }
+}
+
+/// The library and the database are reached through `source()`, as `retry` looks for them.
+impl std::error::Error for AppError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AppError::Tx(e) => Some(e),
+            AppError::Db(e) => Some(e),
+            AppError::Boom(_) => None,
+        }
+    }
+}
+
 impl From<transactional::Error> for AppError {
     fn from(e: transactional::Error) -> Self {
         AppError::Tx(e)

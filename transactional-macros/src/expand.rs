@@ -117,6 +117,17 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
     // cannot use (its `ScopeResult` bound) is reported on the return type.
     let entry = Ident::new(entry, ret_span);
     let private = respan(quote!(#krate::__private::#entry), ret_span);
+    if let Some((retries, span)) = args.retry {
+        let parts = Parts {
+            attrs,
+            vis,
+            sig,
+            inner_attrs,
+            block,
+            ret_span,
+        };
+        return retrying(args, &krate, builder, (retries, span), send, parts);
+    }
     // With the return type's span too: a return type the runtime cannot use is reported there.
     let describe = match describe_errors(&krate, &sig.output) {
         Some(describe) => quote_spanned!(ret_span=> ::core::option::Option::Some(#describe)),
@@ -130,6 +141,107 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
         None => quote!(#private(#builder, #describe, #body)),
     };
 
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #(#inner_attrs)*
+            #call.await
+        }
+    }
+}
+
+/// The fn's parts the expansion puts back around the new body.
+struct Parts {
+    attrs: Vec<syn::Attribute>,
+    vis: syn::Visibility,
+    sig: syn::Signature,
+    inner_attrs: Vec<syn::Attribute>,
+    block: Group,
+    ret_span: Span,
+}
+
+/// The expansion with `retry = N`: the body becomes a closure that makes a new future for each
+/// attempt, from clones of the fn's arguments (so each attempt owns its arguments, as the body
+/// expects):
+///
+/// ```text
+/// ::transactional::__private::<send | local>_retrying(<builder>, N, <predicate or None>,
+///     <describer>, move || { let arg = Clone::clone(&arg); …; async move { <body> } })
+/// ```
+fn retrying(
+    args: &TxArgs,
+    krate: &TokenStream,
+    builder: TokenStream,
+    (retries, span): (u32, Span),
+    send: bool,
+    parts: Parts,
+) -> TokenStream {
+    let Parts {
+        attrs,
+        vis,
+        sig,
+        inner_attrs,
+        block,
+        ret_span,
+    } = parts;
+    let mut clones = TokenStream::new();
+    let mut errors = crate::options::Errors::default();
+    for input in &sig.inputs {
+        let syn::FnArg::Typed(arg) = input else {
+            // `self`, `&self`: used as it is (a reference is copied into each attempt).
+            continue;
+        };
+        match &*arg.pat {
+            syn::Pat::Ident(syn::PatIdent {
+                ident,
+                mutability,
+                by_ref: None,
+                subpat: None,
+                ..
+            }) => {
+                let arg_span = arg.span();
+                clones.extend(quote_spanned!(arg_span=>
+                    let #mutability #ident = ::core::clone::Clone::clone(&#ident);
+                ));
+            }
+            other => errors.push(syn::Error::new_spanned(
+                other,
+                "with `retry`, each attempt gets its own clones of the fn's arguments, so they \
+                 must be plain names (`order: NewOrder`), not patterns",
+            )),
+        }
+    }
+    if let Err(error) = errors.finish() {
+        let item = quote!(#(#attrs)* #vis #sig #block);
+        let error = error.to_compile_error();
+        return quote!(#item #error);
+    }
+    let describe = match describe_errors(krate, &sig.output) {
+        Some(describe) => quote_spanned!(ret_span=> ::core::option::Option::Some(#describe)),
+        None => quote_spanned!(ret_span=> ::core::option::Option::None),
+    };
+    let rule = match &args.no_rollback_for {
+        Some(predicate) => {
+            let predicate = typed_predicate(predicate, &sig.output);
+            quote!(::core::option::Option::Some(#predicate))
+        }
+        None => quote_spanned!(ret_span=> ::core::option::Option::None::<fn(&_) -> bool>),
+    };
+    let entry = Ident::new(
+        if send {
+            "send_retrying"
+        } else {
+            "local_retrying"
+        },
+        ret_span,
+    );
+    let private = respan(quote!(#krate::__private::#entry), ret_span);
+    let retries = Literal::u32_unsuffixed(retries);
+    let retries = quote_spanned!(span=> #retries);
+    let make = quote_spanned!(ret_span=> move || { #clones async move #block });
+    // The call carries the return type's span: an error type `retry` cannot classify is
+    // reported there.
+    let call = quote_spanned!(ret_span=> #private(#builder, #retries, #rule, #describe, #make));
     quote! {
         #(#attrs)*
         #vis #sig {

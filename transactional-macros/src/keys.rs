@@ -9,6 +9,7 @@ pub(crate) enum Key {
     Timeout,
     DataSource,
     NoRollbackFor,
+    Retry,
     Send,
     Local,
     Crate,
@@ -16,13 +17,14 @@ pub(crate) enum Key {
 
 impl Key {
     /// Every option, in the order the docs and error messages list them.
-    pub(crate) const ALL: [Key; 9] = [
+    pub(crate) const ALL: [Key; 10] = [
         Key::Propagation,
         Key::Isolation,
         Key::ReadOnly,
         Key::Timeout,
         Key::DataSource,
         Key::NoRollbackFor,
+        Key::Retry,
         Key::Send,
         Key::Local,
         Key::Crate,
@@ -37,6 +39,7 @@ impl Key {
             Key::Timeout => "timeout",
             Key::DataSource => "data_source",
             Key::NoRollbackFor => "no_rollback_for",
+            Key::Retry => "retry",
             Key::Send => "send",
             Key::Local => "local",
             Key::Crate => "crate",
@@ -52,6 +55,7 @@ impl Key {
             Key::Timeout => "timeout = 5",
             Key::DataSource => "data_source = \"reporting\"",
             Key::NoRollbackFor => "no_rollback_for = AppError::is_not_found",
+            Key::Retry => "retry = 3",
             Key::Send => "send",
             Key::Local => "local",
             Key::Crate => "crate = \"::transactional\"",

@@ -74,6 +74,8 @@ pub(crate) struct TxArgs {
     pub(crate) data_source: Option<LitStr>,
     /// The predicate for `run_with_no_rollback_for`.
     pub(crate) no_rollback_for: Option<Expr>,
+    /// How many times to run the scope again after a serialization failure, and where.
+    pub(crate) retry: Option<(u32, Span)>,
     /// The path to the `transactional` crate, when not `::transactional`.
     pub(crate) krate: Option<Path>,
     /// `send` (`Some(true)`): the body is `Send` and its type is erased; `local`
@@ -204,6 +206,30 @@ fn apply(args: &mut TxArgs, key: Key, span: Span, value: Option<Expr>) -> syn::R
             }
             args.no_rollback_for = Some(value);
         }
+        Key::Retry => {
+            let error = |message: &str| syn::Error::new_spanned(&value, message);
+            let Expr::Lit(ExprLit {
+                lit: Lit::Int(int), ..
+            }) = &value
+            else {
+                return Err(error(
+                    "`retry` takes how many times to run the scope again, as a number: \
+                     `retry = 3`",
+                ));
+            };
+            let retries: u32 = int
+                .base10_parse()
+                .ok()
+                .filter(|_| int.suffix().is_empty())
+                .ok_or_else(|| error("`retry` takes a whole number from 1 to 100: `retry = 3`"))?;
+            if !(1..=100).contains(&retries) {
+                return Err(error(
+                    "`retry` takes a whole number from 1 to 100 (`retry = 0` retries nothing: \
+                     leave the option out)",
+                ));
+            }
+            args.retry = Some((retries, value.span()));
+        }
         Key::Local | Key::Send => {
             return Err(syn::Error::new_spanned(
                 value,
@@ -228,18 +254,35 @@ fn apply(args: &mut TxArgs, key: Key, span: Span, value: Option<Expr>) -> syn::R
     Ok(())
 }
 
-/// Isolation, read-only and a timeout belong to a transaction the scope begins: with a
-/// propagation that never begins one, they could never apply.
+/// Isolation, read-only, a timeout and `retry` belong to a transaction the scope begins: with a
+/// propagation that never begins one, they could never apply. (MANDATORY never begins one
+/// either, but the runtime lets its isolation and read-only be checked against the
+/// transaction it joins; only `retry` is refused there.)
 fn never_begins_check(args: &TxArgs) -> syn::Result<()> {
     let Some(propagation) = &args.propagation else {
         return Ok(());
     };
+    let mut errors = Errors::default();
     let spring = match propagation.to_string().as_str() {
         "Supports" => "SUPPORTS",
         "NotSupported" => "NOT_SUPPORTED",
         "Never" => "NEVER",
+        "Mandatory" => "MANDATORY",
         _ => return Ok(()),
     };
+    if let Some((_, span)) = args.retry {
+        errors.push(syn::Error::new(
+            span,
+            format!(
+                "`retry` runs again a scope that begins its own transaction, and propagation \
+                 \"{spring}\" never begins one: running it again would repeat part of its \
+                 caller's work; put `retry` on the scope that begins the transaction"
+            ),
+        ));
+    }
+    if spring == "MANDATORY" {
+        return errors.finish();
+    }
     let offending = [
         args.isolation
             .as_ref()
@@ -251,7 +294,6 @@ fn never_begins_check(args: &TxArgs) -> syn::Result<()> {
             .map(|b| ("read_only", b.span())),
         args.timeout_ms.map(|(_, span)| ("timeout", span)),
     ];
-    let mut errors = Errors::default();
     for (option, span) in offending.into_iter().flatten() {
         errors.push(syn::Error::new(
             span,

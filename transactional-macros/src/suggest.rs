@@ -167,13 +167,14 @@ mod tests {
         assert_eq!(
             unknown_key_message("foo"),
             "unknown option `foo` for #[transactional]; expected one of: propagation, \
-             isolation, read_only, timeout, data_source, no_rollback_for, send, local, crate"
+             isolation, read_only, timeout, data_source, no_rollback_for, retry, send, local, \
+             crate"
         );
         assert_eq!(
             unknown_key_message("isolaton"),
             "unknown option `isolaton` for #[transactional]; did you mean `isolation`? \
              expected one of: propagation, isolation, read_only, timeout, data_source, \
-             no_rollback_for, send, local, crate"
+             no_rollback_for, retry, send, local, crate"
         );
         assert!(unknown_key_message("rollback_for").contains("every `Err` already rolls back"));
         assert!(unknown_key_message("transactionManager").contains("`data_source`"));

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::name::Name;
 use crate::options::{Isolation, Propagation, TxOptions};
+use crate::retry::{retrying, RetryableError};
 use crate::scope::Scope;
 
 /// Runs a future as a transactional scope: Spring's `TransactionTemplate`.
@@ -121,6 +122,33 @@ impl Transactional {
         Scope::new(self.options, Some(commit_on), Box::pin(body))
     }
 
+    /// Runs the scope again, up to `retries` more times, when the database refuses its
+    /// transaction because of a concurrent one (a serialization failure or a deadlock: see
+    /// [`Error::is_serialization_failure`]). The body is then a closure that makes a new future
+    /// for each attempt.
+    ///
+    /// Only a scope that begins its transaction can be re-run: one that would join or nest in
+    /// its caller's fails with [`Error::InvalidOptions`] without running. Each attempt is a
+    /// transaction of its own, with the scope's options (a timeout applies to each); the
+    /// after-* hooks of an attempt that is followed by another are discarded; between
+    /// attempts the scope waits a jittered pause that grows from about 10 ms to at most 1 s.
+    ///
+    /// ```no_run
+    /// use transactional_runtime::{Isolation, Transactional};
+    /// # #[derive(Debug, thiserror::Error)] enum AppError { #[error(transparent)] Tx(#[from] transactional_runtime::Error) }
+    /// # async fn transfer(from: i64, to: i64) -> Result<(), AppError> { Ok(()) }
+    /// # async fn example() -> Result<(), AppError> {
+    /// Transactional::new()
+    ///     .isolation(Isolation::Serializable)
+    ///     .retry(3)
+    ///     .run(|| transfer(1, 2))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retry(self, retries: u32) -> Retrying {
+        Retrying { tx: self, retries }
+    }
+
     /// [`run`](Self::run), with a way to put the body's error in words for the rollback's log
     /// line.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
@@ -146,6 +174,50 @@ impl Transactional {
     }
 }
 
+/// A [`Transactional`] that runs its body again when the database refuses its transaction for
+/// a concurrent one: see [`Transactional::retry`].
+#[derive(Debug, Clone)]
+#[must_use = "a Retrying does nothing until `.run(...)` is awaited"]
+pub struct Retrying {
+    tx: Transactional,
+    retries: u32,
+}
+
+impl Retrying {
+    /// Runs `make()`'s future as the scope, and again with a new one while the database
+    /// refuses the transaction for a concurrent one, at most `retries` more times.
+    pub fn run<F, Fut, T, E>(self, make: F) -> impl Future<Output = Result<T, E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error> + RetryableError,
+    {
+        retrying(
+            self.tx.options,
+            self.retries,
+            None::<fn(&E) -> bool>,
+            None,
+            make,
+        )
+    }
+
+    /// [`run`](Self::run), committing instead of rolling back when the body returns an `Err`
+    /// for which `commit_on` is true (an error that commits is never retried).
+    pub fn run_with_no_rollback_for<F, Fut, T, E, P>(
+        self,
+        commit_on: P,
+        make: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error> + RetryableError,
+        P: Fn(&E) -> bool,
+    {
+        retrying(self.tx.options, self.retries, Some(commit_on), None, make)
+    }
+}
+
 /// What `#[transactional]` expands to: not part of the API.
 ///
 /// The body of an annotated fn that is surely `Send` (the macro decides from the signature, or
@@ -160,6 +232,7 @@ pub mod __private {
     use std::pin::Pin;
 
     use super::Transactional;
+    use crate::retry::{retrying, RetryableError};
     pub use crate::scope::{Describe, Scope, ScopeResult};
 
     /// Puts a body's error in words when its type implements `Display`: the macro calls
@@ -260,6 +333,43 @@ pub mod __private {
         F::Output: ScopeResult,
     {
         Scope::new(tx.options, None, Boxed(Box::pin(body))).describing(describe)
+    }
+
+    /// The scope of an annotated fn with `retry = N` whose body is `Send`: `make` makes the
+    /// body of each attempt (see [`Transactional::retry`]).
+    pub fn send_retrying<'a, F, Fut, P>(
+        tx: Transactional,
+        retries: u32,
+        commit_on: Option<P>,
+        describe: Option<Describe<Fut::Output>>,
+        make: F,
+    ) -> Erased<'a, Fut::Output>
+    where
+        F: FnMut() -> Fut + Send + 'a,
+        Fut: Future + Send + 'a,
+        Fut::Output: ScopeResult + Send,
+        ErrorOf<Fut::Output>: RetryableError,
+        P: Fn(&ErrorOf<Fut::Output>) -> bool + Send + Sync + 'a,
+    {
+        Box::pin(retrying(tx.options, retries, commit_on, describe, make))
+    }
+
+    /// [`send_retrying`] for a body that may not be `Send`.
+    pub fn local_retrying<'a, F, Fut, P>(
+        tx: Transactional,
+        retries: u32,
+        commit_on: Option<P>,
+        describe: Option<Describe<Fut::Output>>,
+        make: F,
+    ) -> Pin<Box<dyn Future<Output = Fut::Output> + 'a>>
+    where
+        F: FnMut() -> Fut + 'a,
+        Fut: Future + 'a,
+        Fut::Output: ScopeResult,
+        ErrorOf<Fut::Output>: RetryableError,
+        P: Fn(&ErrorOf<Fut::Output>) -> bool + 'a,
+    {
+        Box::pin(retrying(tx.options, retries, commit_on, describe, make))
     }
 
     /// [`local`], with a `no_rollback_for` rule.

@@ -250,9 +250,14 @@ impl Error {
 
 /// Whether sqlx's error is the database refusing a transaction because of a concurrent one.
 pub(crate) fn is_serialization_failure(error: &sqlx::Error) -> bool {
-    let Some(db) = error.as_database_error() else {
-        return false;
-    };
+    error
+        .as_database_error()
+        .is_some_and(database_error_is_retryable)
+}
+
+/// Whether the database refused a transaction because of a concurrent one: a serialization
+/// failure or a deadlock.
+pub(crate) fn database_error_is_retryable(db: &dyn sqlx::error::DatabaseError) -> bool {
     #[cfg(feature = "mysql")]
     if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
         // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT.

@@ -31,6 +31,7 @@ mod hooks;
 mod name;
 mod options;
 mod propagation;
+mod retry;
 mod scope;
 mod status;
 pub mod testing;
@@ -44,7 +45,7 @@ pub use api::{
     connection, data_source, is_active, is_rollback_only, pool_status, set_rollback_only,
     DataSourceRef,
 };
-pub use builder::{__private, Transactional};
+pub use builder::{__private, Retrying, Transactional};
 pub use context::{with_data_source, with_data_source_settings};
 pub use data_source::{deregister, register, register_default, register_with, DataSourceSettings};
 pub use dialect::Dialect;
@@ -54,4 +55,5 @@ pub use guard::ConnectionGuard;
 pub use hooks::{HookResult, Outcome, RollbackCause};
 pub use name::Name;
 pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
+pub use retry::RetryableError;
 pub use status::PoolStatus;

@@ -37,6 +37,7 @@ pub(crate) fn scope_span(options: &TxOptions) -> Span {
         suspended = Empty,
         tx = Empty,
         savepoint = Empty,
+        attempt = Empty,
         outcome = Empty,
         cause = Empty,
         elapsed_ms = Empty,
@@ -64,6 +65,15 @@ pub(crate) fn joined_end(span: &Span, marked_rollback_only: bool) {
         "left_to_owner"
     };
     span.record("outcome", display(outcome));
+}
+
+/// A retried scope's attempt was refused for a concurrent transaction: another follows.
+pub(crate) fn retrying(span: &Span) {
+    tracing::info!(
+        target: TARGET,
+        parent: span,
+        "the database refused the transaction for a concurrent one: running it again"
+    );
 }
 
 /// The scope's future was dropped before its body finished.

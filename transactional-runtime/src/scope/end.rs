@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 use tokio::time::{Instant, Sleep};
 use tracing::{Instrument, Span};
 
+use super::attempt::AttemptEnd;
 use super::start::{Running, What};
 use crate::context::Context;
 use crate::detach::Detachable;
@@ -177,6 +178,8 @@ struct End {
     span: Span,
     /// The body's error, as text (see `trace`).
     detail: Option<String>,
+    /// One attempt of a retried scope.
+    attempt: Option<AttemptEnd>,
 }
 
 /// What to do with a transaction or savepoint.
@@ -247,6 +250,7 @@ impl Running {
             detached: detached.clone(),
             span: self.span.clone(),
             detail: self.detail.clone(),
+            attempt: self.attempt.clone(),
         };
         let work: BoxFuture<'static, Report> = match end.frame.role {
             Role::Savepoint => Box::pin(end.savepoint(cancel)),
@@ -305,6 +309,7 @@ impl Running {
                         detached: Arc::new(AtomicBool::new(true)),
                         span: span.clone(),
                         detail: None,
+                        attempt: None,
                     };
                     Detachable::new(end.owner(cancel).instrument(span)).detach();
                 }
@@ -445,6 +450,18 @@ impl End {
         data_source.emit_with(&self.options, &self.span, kind, None, detail);
         if self.suspended {
             self.emit(EventKind::Resumed);
+        }
+        let retried = match (&self.attempt, ending) {
+            (Some(attempt), Ending::RolledBack(cause)) => {
+                attempt.decide(cause == RollbackCause::Error, error.as_ref())
+            }
+            _ => false,
+        };
+        if retried {
+            // Another attempt follows: this one's after-* hooks are discarded.
+            trace::retrying(&self.span);
+            drop(frame.level.hooks.take());
+            return Report { error, panic };
         }
         self.phase.store(PHASE_HOOKS, Ordering::Release);
         self.after(&frame.level, ending).await;

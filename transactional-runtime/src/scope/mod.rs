@@ -8,8 +8,11 @@
 //! level costs its caller's stack one small frame: the body is boxed, and everything that is not
 //! generic is in `start` and `end`. docs/ARCHITECTURE.md ("A scope") has the states.
 
+mod attempt;
 mod end;
 mod start;
+
+pub(crate) use attempt::{Attempt, AttemptEnd};
 
 use std::any::Any;
 use std::future::Future;
@@ -57,6 +60,8 @@ pub struct Scope<B: Future, P> {
     options: TxOptions,
     /// `testing::rollback_after`'s own scope.
     test_root: bool,
+    /// One attempt of a retried scope.
+    attempt: Option<Attempt<B::Output>>,
     body: Option<B>,
     rule: Option<P>,
     /// The body's error as text, for the log line of the rollback it causes (the macro
@@ -106,6 +111,12 @@ impl<B: Future, P> Scope<B, P> {
         self.describe = describe;
         self
     }
+
+    /// Makes the scope one attempt of a retried scope (see `retry`).
+    pub(crate) fn retrying(mut self, attempt: Attempt<B::Output>) -> Self {
+        self.attempt = Some(attempt);
+        self
+    }
 }
 
 impl<B, P> Scope<B, P>
@@ -118,6 +129,7 @@ where
         Scope {
             options,
             test_root: false,
+            attempt: None,
             body: Some(body),
             rule,
             describe: None,
@@ -155,6 +167,9 @@ where
                 let ended = match output.error() {
                     None => BodyEnd::Ok,
                     Some(error) => {
+                        if let (Some(attempt), Some(end)) = (&self.attempt, &mut running.attempt) {
+                            end.body_retryable = (attempt.classify)(&output);
+                        }
                         if let Some(describe) = self.describe {
                             if tracing::enabled!(target: "transactional", tracing::Level::DEBUG) {
                                 running.detail = describe(&output);
@@ -224,7 +239,13 @@ where
 {
     #[inline(never)]
     fn start(&mut self) -> Result<(), Error> {
-        match Running::start(&self.options, self.test_root) {
+        let attempt = self.attempt.as_ref().map(|a| AttemptEnd {
+            number: a.number,
+            last: a.last,
+            body_retryable: false,
+            again: a.again.clone(),
+        });
+        match Running::start(&self.options, self.test_root, attempt) {
             Ok(running) => {
                 self.stage = Stage::Body(running);
                 Ok(())

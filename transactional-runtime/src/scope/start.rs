@@ -10,6 +10,7 @@ use futures_util::FutureExt;
 use tokio::time::{Instant, Sleep};
 use tracing::Span;
 
+use super::attempt::AttemptEnd;
 use crate::context::{Context, Mode};
 use crate::data_source::DataSource;
 use crate::error::Error;
@@ -34,6 +35,8 @@ pub(crate) struct Running {
     pub(super) started: Instant,
     /// The body's error, as text, for the log line of the rollback it causes.
     pub(super) detail: Option<String>,
+    /// One attempt of a retried scope.
+    pub(super) attempt: Option<AttemptEnd>,
 }
 
 pub(super) enum What {
@@ -51,10 +54,17 @@ pub(super) enum What {
 impl Running {
     /// Decides, and builds the body's context. Fails (without running the body) on invalid
     /// options, an unknown data source, MANDATORY without and NEVER with a transaction.
-    pub(crate) fn start(options: &TxOptions, test_root: bool) -> Result<Running, Error> {
+    pub(crate) fn start(
+        options: &TxOptions,
+        test_root: bool,
+        attempt: Option<AttemptEnd>,
+    ) -> Result<Running, Error> {
         let started = Instant::now();
         let span = trace::scope_span(options);
-        Running::decide(options, test_root, &span, started).inspect_err(|error| {
+        if let Some(attempt) = &attempt {
+            span.record("attempt", attempt.number);
+        }
+        Running::decide(options, test_root, attempt, &span, started).inspect_err(|error| {
             tracing::warn!(target: trace::TARGET, parent: &span, %error, "the scope did not start");
         })
     }
@@ -62,6 +72,7 @@ impl Running {
     fn decide(
         options: &TxOptions,
         test_root: bool,
+        attempt: Option<AttemptEnd>,
         span: &Span,
         started: Instant,
     ) -> Result<Running, Error> {
@@ -78,6 +89,7 @@ impl Running {
                 span: span.clone(),
                 started,
                 detail: None,
+                attempt,
             });
         }
         let data_source = outer.data_source(&options.data_source)?;
@@ -94,6 +106,16 @@ impl Running {
             // Inside `testing::rollback_after`, a scope that would begin a transaction of its
             // own in production gets a savepoint, so its failure undoes only its own work.
             decision = Decision::Nest;
+        }
+        if attempt.is_some() && decision != Decision::Begin {
+            return Err(Error::InvalidOptions {
+                scope: options.name.clone(),
+                reason: "`retry` runs the scope again, which only a scope that begins its own \
+                         transaction can do: this one would join or nest in its caller's, and \
+                         running it again would repeat part of the caller's work; put `retry` on \
+                         the outermost scope, or give this one REQUIRES_NEW"
+                    .to_owned(),
+            });
         }
         let emit = |kind| data_source.emit(options, span, kind);
         let what = match (decision, current) {
@@ -196,6 +218,7 @@ impl Running {
             span: span.clone(),
             started,
             detail: None,
+            attempt,
         })
     }
 

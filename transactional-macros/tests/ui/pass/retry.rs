@@ -1,0 +1,57 @@
+//! `retry`: free fns, `&self` methods, generic fns, with `no_rollback_for`; arguments of any
+//! `Clone` type, `mut` ones included, are cloned for each attempt.
+use std::sync::Arc;
+
+use transactional::transactional;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Tx(#[from] transactional::Error),
+    #[error("not found")]
+    NotFound,
+}
+
+#[derive(Clone)]
+pub struct NewOrder {
+    pub items: Vec<String>,
+}
+
+#[transactional(isolation = "SERIALIZABLE", retry = 3)]
+async fn place(order: NewOrder, mut attempts_left: u32, note: &str) -> Result<usize, AppError> {
+    attempts_left = attempts_left.saturating_sub(1);
+    let _ = (attempts_left, note);
+    Ok(order.items.len()) // consumes its own clone
+}
+
+#[transactional(retry = 2, propagation = "REQUIRES_NEW", no_rollback_for = |e| matches!(e, AppError::NotFound))]
+async fn with_rule(id: i64) -> Result<i64, AppError> {
+    Ok(id)
+}
+
+#[transactional(retry = 1)]
+async fn generic<T: Clone + Send + Sync + 'static>(value: T) -> Result<T, AppError> {
+    Ok(value)
+}
+
+struct Service {
+    name: Arc<str>,
+}
+
+impl Service {
+    #[transactional(retry = 5)]
+    async fn run(&self, times: u8) -> Result<String, AppError> {
+        Ok(format!("{} x{times}", self.name))
+    }
+}
+
+fn assert_send<T: Send>(_: &T) {}
+
+fn main() {
+    let order = NewOrder { items: vec![] };
+    assert_send(&place(order, 3, "note"));
+    assert_send(&with_rule(1));
+    let service = Service { name: "s".into() };
+    let _ = service.run(1);
+    let _ = generic(1u8);
+}

@@ -1,0 +1,191 @@
+//! Running a scope again when the database refused its transaction because of a concurrent one
+//! (a serialization failure or a deadlock): `retry = N`, `Transactional::retry(n)`.
+//!
+//! Only a scope that begins its transaction is re-run: running a joined scope again would
+//! repeat part of its caller's work, so such a scope fails with `Error::InvalidOptions`. Each
+//! attempt is a scope of its own; an attempt that will be retried has its after-* hooks
+//! discarded, and the next one starts after a jittered, growing pause. docs/SEMANTICS.md
+//! ("Retry").
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{database_error_is_retryable, Error};
+use crate::options::TxOptions;
+use crate::scope::{Attempt, Describe, Scope, ScopeResult};
+
+/// An error type whose values can say that the database refused a transaction because of a
+/// concurrent one, so that running it again may succeed.
+///
+/// Implemented for every `std::error::Error + 'static`: the error and its `source()` chain are
+/// searched for the library's [`Error`], an `sqlx::Error` or a database's own error, and their
+/// codes read (PostgreSQL `40001`, `40P01`; MySQL/MariaDB `1213`, `1205`; SQLite busy or
+/// locked). Implement it yourself for an error type that does not implement
+/// `std::error::Error`.
+#[diagnostic::on_unimplemented(
+    message = "`retry` needs to tell whether a `{Self}` is a serialization failure or a deadlock",
+    label = "this error type implements neither `std::error::Error` nor `RetryableError`",
+    note = "implement `std::error::Error` for it (the database's error must be reachable through `source()`), or implement `transactional::RetryableError`"
+)]
+pub trait RetryableError {
+    /// Whether running the transaction again may succeed.
+    fn is_retryable(&self) -> bool;
+}
+
+impl<E: std::error::Error + 'static> RetryableError for E {
+    fn is_retryable(&self) -> bool {
+        retryable_in_chain(self)
+    }
+}
+
+/// Whether `error`, or an error in its `source()` chain, is a serialization failure or a
+/// deadlock.
+fn retryable_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(error) = error.downcast_ref::<Error>() {
+            if error.is_serialization_failure() {
+                return true;
+            }
+        } else if let Some(error) = error.downcast_ref::<sqlx::Error>() {
+            if error
+                .as_database_error()
+                .is_some_and(database_error_is_retryable)
+            {
+                return true;
+            }
+        } else if database_error_is_retryable_dyn(error) {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// A database's own error, met in a `source()` chain (sqlx's `Database` variant gives it as its
+/// source).
+fn database_error_is_retryable_dyn(error: &(dyn std::error::Error + 'static)) -> bool {
+    #[cfg(feature = "postgres")]
+    if let Some(error) = error.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return database_error_is_retryable(error);
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(error) = error.downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return database_error_is_retryable(error);
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(error) = error.downcast_ref::<sqlx::sqlite::SqliteError>() {
+        return database_error_is_retryable(error);
+    }
+    let _ = error;
+    false
+}
+
+fn classify<R>(output: &R) -> bool
+where
+    R: ScopeResult,
+    R::Error: RetryableError,
+{
+    output.error().is_some_and(RetryableError::is_retryable)
+}
+
+/// Runs a scope made of `make()`'s body up to `retries + 1` times, while each attempt's
+/// transaction is refused for a concurrent one.
+pub(crate) async fn retrying<F, Fut, P>(
+    options: TxOptions,
+    retries: u32,
+    rule: Option<P>,
+    describe: Option<Describe<Fut::Output>>,
+    mut make: F,
+) -> Fut::Output
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+    Fut::Output: ScopeResult,
+    <Fut::Output as ScopeResult>::Error: RetryableError,
+    P: Fn(&<Fut::Output as ScopeResult>::Error) -> bool,
+{
+    let mut number = 1;
+    loop {
+        let again = Arc::new(AtomicBool::new(false));
+        let attempt = Attempt {
+            number,
+            last: number > retries,
+            classify: classify::<Fut::Output>,
+            again: again.clone(),
+        };
+        let output = Scope::new(options.clone(), rule.as_ref(), Box::pin(make()))
+            .describing(describe)
+            .retrying(attempt)
+            .await;
+        if !again.load(Ordering::Acquire) {
+            return output;
+        }
+        tokio::time::sleep(pause(number)).await;
+        number += 1;
+    }
+}
+
+/// The pause before attempt `done + 1`: about 10 ms, doubling per attempt up to 1 s, each
+/// between half and all of that ("equal jitter"), so that transactions that collided do not
+/// collide again.
+fn pause(done: u32) -> Duration {
+    let ceiling = Duration::from_millis(10)
+        .saturating_mul(1 << done.saturating_sub(1).min(7))
+        .min(Duration::from_secs(1));
+    let half = ceiling / 2;
+    half + half.mul_f64(jitter())
+}
+
+/// A number in `[0, 1)`, different on every call (a xorshift over a counter and the clock:
+/// good enough to spread retries, not for anything else).
+fn jitter() -> f64 {
+    static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ clock;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_with_jitter_and_stay_bounded() {
+        for done in 1..20 {
+            let ceiling =
+                Duration::from_millis(10 << (done - 1).min(7)).min(Duration::from_secs(1));
+            for _ in 0..50 {
+                let p = pause(done);
+                assert!(p >= ceiling / 2 && p <= ceiling, "{done}: {p:?}");
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| pause(3)).collect();
+        assert!(spread.len() > 10, "jittered: {spread:?}");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum AppError {
+        #[error(transparent)]
+        Tx(#[from] Error),
+        #[error(transparent)]
+        Db(#[from] sqlx::Error),
+        #[error("not found")]
+        NotFound,
+    }
+
+    #[test]
+    fn the_source_chain_is_searched_for_the_database_error() {
+        assert!(!AppError::NotFound.is_retryable());
+        assert!(!AppError::Db(sqlx::Error::RowNotFound).is_retryable());
+        assert!(!AppError::Tx(Error::UnexpectedRollback).is_retryable());
+        assert!(!AppError::Tx(Error::Database(sqlx::Error::PoolTimedOut)).is_retryable());
+    }
+}
