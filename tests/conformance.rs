@@ -17,6 +17,8 @@ mod deadlines;
 mod hooks;
 #[path = "conformance/hooks_context.rs"]
 mod hooks_context;
+#[path = "conformance/isolation.rs"]
+mod isolation;
 #[path = "conformance/nested.rs"]
 mod nested;
 #[path = "conformance/options.rs"]

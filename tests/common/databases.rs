@@ -37,6 +37,12 @@ pub trait TestDb: Sized + Send + Sync + 'static {
         sql: String,
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'c;
 
+    /// Runs a query returning one integer column, all its rows.
+    fn column<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        sql: String,
+    ) -> impl Future<Output = Result<Vec<i64>, sqlx::Error>> + Send + 'c;
+
     /// Runs a query returning one string.
     fn text<'c>(
         conn: &'c mut <Self::DB as Database>::Connection,
@@ -81,6 +87,17 @@ macro_rules! common_impl {
             async move {
                 sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
                     .fetch_one(conn)
+                    .await
+            }
+        }
+
+        fn column<'c>(
+            conn: &'c mut <$db as Database>::Connection,
+            sql: String,
+        ) -> impl Future<Output = Result<Vec<i64>, sqlx::Error>> + Send + 'c {
+            async move {
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                    .fetch_all(conn)
                     .await
             }
         }

@@ -214,24 +214,12 @@ where
     /// The committed ids, sorted, as a second connection sees them.
     pub async fn ids(&self) -> Vec<i64> {
         let mut conn = self.observer.acquire().await.expect("observer");
-        let count = D::scalar(&mut conn, format!("SELECT COUNT(*) FROM {}", self.table))
-            .await
-            .expect("count");
-        let mut ids = Vec::new();
-        for i in 0..count {
-            ids.push(
-                D::scalar(
-                    &mut conn,
-                    format!(
-                        "SELECT id FROM {} ORDER BY id LIMIT 1 OFFSET {i}",
-                        self.table
-                    ),
-                )
-                .await
-                .expect("id"),
-            );
-        }
-        ids
+        D::column(
+            &mut conn,
+            format!("SELECT id FROM {} ORDER BY id", self.table),
+        )
+        .await
+        .expect("ids")
     }
 
     /// Inserts `id` through the current connection (the "repository").

@@ -47,7 +47,13 @@ conformance! {
     async fn requires_new_on_an_exhausted_pool_fails_clearly_and_leaves_the_outer_intact(env: Env<D>, pool(1, Duration::from_millis(500))) {
         let r: AppResult<()> = env.run(scope(Required).run(async {
             let outer = env.session().await?;
+            let started = std::time::Instant::now();
             let inner: AppResult<()> = scope(RequiresNew).run(env.insert(2)).await;
+            let waited = started.elapsed();
+            assert!(
+                waited >= Duration::from_millis(450) && waited < Duration::from_millis(1500),
+                "fails once the acquire timeout (500 ms) is over: {waited:?}"
+            );
             let err = inner.unwrap_err();
             let message = err.tx().to_string();
             assert!(matches!(err.tx(), transactional::Error::Acquire { .. }), "{err:?}");
