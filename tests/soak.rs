@@ -1,0 +1,553 @@
+//! Soak with a model: thousands of annotated calls in random trees of all seven propagation
+//! modes, with errors, panics, deadlines and dropped futures injected at random, on four
+//! concurrent tasks sharing a pool of ten. Afterwards the rows equal what the model derives
+//! from the outcomes the calls reported, every scope that ran to its end returned what the
+//! rules say, the hooks match each transaction's fate, the pool is idle and every connection
+//! in it usable and outside any transaction.
+//!
+//! `SOAK_CALLS` sets the number of annotated calls per database (default 10,000), `SOAK_SEED`
+//! the seed (printed with every failure, and by `--nocapture` runs).
+
+mod common;
+#[path = "soak/model.rs"]
+mod model;
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use transactional::transactional;
+
+use common::{poll_at_most, AppError, AppResult, Env, Lite, Log, My, Pg, TestDb};
+use model::{Call, End, Event, Expect, Fate, Kind, Mode, Outcome, Rng, Role};
+
+const INJECTED_PANIC: &str = "soak: injected panic";
+const DEFAULT_SEED: u64 = 0x5EED_2026_1125;
+
+/// Counts of what a run did.
+#[derive(Default)]
+struct Stats {
+    scopes: AtomicUsize,
+    errors: AtomicUsize,
+    panics: AtomicUsize,
+    deadlines: AtomicUsize,
+}
+
+/// One call in flight: its tree, what it recorded, and where it writes.
+struct Run<D> {
+    call: Call,
+    log: Mutex<Vec<Event>>,
+    hooks: Log,
+    table: String,
+    stats: Arc<Stats>,
+    _db: PhantomData<D>,
+}
+
+impl<D> Run<D> {
+    fn event(&self, event: Event) {
+        self.log.lock().unwrap().push(event);
+    }
+
+    fn tag(&self, node: usize) -> String {
+        format!("c{}n{}", self.call.index, node)
+    }
+}
+
+type Scope = Pin<Box<dyn Future<Output = AppResult<()>> + Send>>;
+
+// One annotated fn per propagation mode (and per deadline or isolation the model uses); each
+// runs the body its node describes.
+
+#[transactional]
+async fn required<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(timeout = "25ms")]
+async fn required_deadline<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "REQUIRES_NEW")]
+async fn requires_new<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "REQUIRES_NEW", isolation = "SERIALIZABLE")]
+async fn requires_new_serializable<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "REQUIRES_NEW", timeout = "25ms")]
+async fn requires_new_deadline<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "NESTED")]
+async fn nested<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "NESTED", timeout = "25ms")]
+async fn nested_deadline<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "SUPPORTS")]
+async fn supports<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "MANDATORY")]
+async fn mandatory<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "NOT_SUPPORTED")]
+async fn not_supported<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+#[transactional(propagation = "NEVER")]
+async fn never<D: TestDb>(run: Arc<Run<D>>, n: usize) -> AppResult<()> {
+    body(run, n).await
+}
+
+/// Calls scope `n` through the annotated fn of its mode, and records what it returned.
+fn call<D: TestDb>(run: Arc<Run<D>>, n: usize) -> Scope {
+    Box::pin(async move {
+        run.stats.scopes.fetch_add(1, Ordering::Relaxed);
+        let node = &run.call.nodes[n];
+        let deadline = node.end == End::Timeout;
+        let scope: Scope = match node.mode {
+            Mode::Required if deadline => Box::pin(required_deadline(run.clone(), n)),
+            Mode::Required => Box::pin(required(run.clone(), n)),
+            Mode::RequiresNew if deadline => Box::pin(requires_new_deadline(run.clone(), n)),
+            Mode::RequiresNew if node.serializable => {
+                Box::pin(requires_new_serializable(run.clone(), n))
+            }
+            Mode::RequiresNew => Box::pin(requires_new(run.clone(), n)),
+            Mode::Nested if deadline => Box::pin(nested_deadline(run.clone(), n)),
+            Mode::Nested => Box::pin(nested(run.clone(), n)),
+            Mode::Supports => Box::pin(supports(run.clone(), n)),
+            Mode::Mandatory => Box::pin(mandatory(run.clone(), n)),
+            Mode::NotSupported => Box::pin(not_supported(run.clone(), n)),
+            Mode::Never => Box::pin(never(run.clone(), n)),
+        };
+        let result = scope.await;
+        run.event(Event::Returned(n, outcome(&result), describe(&result)));
+        result
+    })
+}
+
+/// The body of scope `n`: hooks, a row, the children, and its end.
+fn body<D: TestDb>(run: Arc<Run<D>>, n: usize) -> Scope {
+    Box::pin(async move {
+        let node = run.call.nodes[n].clone();
+        run.event(Event::Entered(n));
+        if node.role == Role::Begins {
+            run.hooks.record(&run.tag(n)).await;
+            run.event(Event::Hooks(n));
+        }
+        if node.write {
+            let mut conn = transactional::connection::<D::DB>().await?;
+            let sql = format!("INSERT INTO {} (id) VALUES ({})", run.table, run.call.id(n));
+            D::exec(&mut conn, sql).await?;
+            drop(conn);
+            run.event(Event::Wrote(n));
+        }
+        for &child in &node.children {
+            let result = call(run.clone(), child).await;
+            if result.is_err() && run.call.nodes[child].propagate {
+                run.event(Event::BodyDone(n, false));
+                return result;
+            }
+        }
+        match node.end {
+            End::Ok => {}
+            End::Err => {
+                run.stats.errors.fetch_add(1, Ordering::Relaxed);
+                run.event(Event::BodyDone(n, false));
+                return Err(AppError::Boom("injected"));
+            }
+            End::Panic => {
+                run.stats.panics.fetch_add(1, Ordering::Relaxed);
+                panic!("soak: injected panic");
+            }
+            End::Timeout => {
+                run.stats.deadlines.fetch_add(1, Ordering::Relaxed);
+                let mut conn = transactional::connection::<D::DB>().await?;
+                D::exec(&mut conn, D::slow_statement(10)).await?;
+            }
+        }
+        run.event(Event::BodyDone(n, true));
+        Ok(())
+    })
+}
+
+fn outcome(result: &AppResult<()>) -> Outcome {
+    use transactional::Error;
+    let kind = match result {
+        Ok(()) => return Outcome::Ok,
+        Err(AppError::Boom(_)) => Kind::Boom,
+        Err(AppError::Tx(e)) => match e {
+            Error::UnexpectedRollback => Kind::UnexpectedRollback,
+            Error::NoExistingTransaction { .. } => Kind::NoExistingTransaction,
+            Error::ExistingTransaction { .. } => Kind::ExistingTransaction,
+            Error::RollbackOnlySavepoint { .. } => Kind::RollbackOnlySavepoint,
+            Error::Commit {
+                outcome_unknown: true,
+                ..
+            } => Kind::CommitUnknown,
+            e if e.is_timeout() => Kind::Timeout,
+            _ => Kind::Other,
+        },
+        Err(AppError::Db(_)) => Kind::Other,
+    };
+    Outcome::Err(kind)
+}
+
+fn describe(result: &AppResult<()>) -> String {
+    match result {
+        Ok(()) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Injected panics are expected: keep them out of the test's output.
+fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+            if message != Some(INJECTED_PANIC) {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn seed() -> u64 {
+    match std::env::var("SOAK_SEED") {
+        Ok(s) => s.parse().expect("SOAK_SEED is a number"),
+        Err(_) => DEFAULT_SEED,
+    }
+}
+
+fn target_scopes() -> usize {
+    std::env::var("SOAK_CALLS")
+        .ok()
+        .map(|s| s.parse().expect("SOAK_CALLS is a number"))
+        .unwrap_or(10_000)
+}
+
+/// What one call ended as, seen from the task that ran it.
+struct Finished<D> {
+    run: Arc<Run<D>>,
+    dropped: bool,
+}
+
+async fn soak<D: TestDb>()
+where
+    for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
+{
+    quiet_injected_panics();
+    let Some(env) = Env::<D>::with_pool("soak", 10, Duration::from_secs(10)).await else {
+        return;
+    };
+    // One seed for the run; each database's calls are drawn from it differently.
+    let base_seed = seed();
+    let seed = base_seed ^ D::NAME.len() as u64;
+    let mut rng = Rng::new(seed);
+    let (mut calls, mut scopes) = (Vec::new(), 0);
+    // Scopes after one whose error its parent returns never run: draw a third more.
+    while scopes < target_scopes() * 4 / 3 {
+        let call = Call::generate(&mut rng, calls.len(), D::SINGLE_WRITER);
+        scopes += call.nodes.len();
+        calls.push(call);
+    }
+    let stats = Arc::new(Stats::default());
+    let hooks = Log::default();
+    let runs: Vec<_> = calls
+        .into_iter()
+        .map(|call| {
+            Arc::new(Run::<D> {
+                call,
+                log: Mutex::default(),
+                hooks: hooks.clone(),
+                table: env.table.clone(),
+                stats: stats.clone(),
+                _db: PhantomData,
+            })
+        })
+        .collect();
+
+    // Four tasks, each running the next call on a task of its own (so that a panic ends only
+    // that call), dropped after its number of polls.
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (next, runs, pool) = (next.clone(), runs.clone(), env.pool.clone());
+        workers.push(tokio::spawn(async move {
+            let mut finished = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(run) = runs.get(i).cloned() else {
+                    return finished;
+                };
+                let polls = run.call.drop_after.unwrap_or(usize::MAX);
+                let task = tokio::spawn(transactional::with_data_source(
+                    "default",
+                    pool.clone(),
+                    poll_at_most(call(run.clone(), 0), polls),
+                ));
+                let dropped = match task.await {
+                    Ok(Ok(Some(_))) => false,
+                    Ok(Ok(None)) => true,
+                    Ok(Err(e)) => panic!("registering the pool: {e}"),
+                    Err(e) if e.is_panic() => false,
+                    Err(e) => panic!("call task: {e}"),
+                };
+                finished.push(Finished { run, dropped });
+            }
+        }));
+    }
+    let mut finished = Vec::new();
+    for worker in workers {
+        finished.extend(worker.await.expect("worker"));
+    }
+    let ran_for = started.elapsed();
+
+    // Cleanup of dropped calls and their hooks goes on in the background: wait for it.
+    env.eventually("the pool is idle", || async { env.pool_is_idle() })
+        .await;
+    let registered: Vec<String> = finished
+        .iter()
+        .flat_map(|f| {
+            let log = f.run.log.lock().unwrap().clone();
+            log.into_iter().filter_map(move |e| match e {
+                Event::Hooks(n) => Some(f.run.tag(n)),
+                _ => None,
+            })
+        })
+        .collect();
+    env.eventually("every transaction's hooks have run", || async {
+        registered.iter().all(|tag| {
+            hooks
+                .of(tag)
+                .iter()
+                .any(|e| e.starts_with("after_completion"))
+        })
+    })
+    .await;
+
+    let report = check(&env, &finished, &hooks).await;
+    let clean = env.pool_is_clean().await;
+    // Still usable: fresh calls commit.
+    let after = 64 * runs.len() as i64;
+    for id in after..after + 10 {
+        let r: AppResult<()> = env
+            .run(transactional::Transactional::new().run(env.insert(id)))
+            .await;
+        r.unwrap_or_else(|e| panic!("{}: a call after the soak fails: {e}", D::NAME));
+    }
+    let usable = env.ids().await.iter().filter(|&&id| id >= after).count() == 10;
+
+    let dropped = finished.iter().filter(|f| f.dropped).count();
+    println!(
+        "soak {} (SOAK_SEED={base_seed}): {} calls, {} annotated scopes in {:.1?}; injected: {} errors, \
+         {} panics, {} deadlines, {} dropped calls; {} transactions ({} committed, {} rolled \
+         back, {} unknown); {} rows checked, {} wrong; {} results predicted, {} wrong; pool \
+         clean: {clean}, usable: {usable}",
+        D::NAME,
+        runs.len(),
+        stats.scopes.load(Ordering::Relaxed),
+        ran_for,
+        stats.errors.load(Ordering::Relaxed),
+        stats.panics.load(Ordering::Relaxed),
+        stats.deadlines.load(Ordering::Relaxed),
+        dropped,
+        report.committed + report.rolled_back + report.unknown,
+        report.committed,
+        report.rolled_back,
+        report.unknown,
+        report.rows,
+        report.wrong_rows,
+        report.predicted,
+        report.wrong_results,
+    );
+    assert!(
+        report.failures.is_empty() && clean && usable,
+        "{}: soak with SOAK_SEED={} failed (pool clean: {clean}, usable: {usable}); first \
+         failures:\n{}",
+        D::NAME,
+        base_seed,
+        report.failures.join("\n")
+    );
+}
+
+#[derive(Default)]
+struct Report {
+    rows: usize,
+    wrong_rows: usize,
+    predicted: usize,
+    wrong_results: usize,
+    committed: usize,
+    rolled_back: usize,
+    unknown: usize,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn fail(&mut self, call: &Call, log: &[Event], what: String) {
+        if self.failures.len() < 10 {
+            self.failures.push(format!(
+                "call {}: {what}\n  tree: {call:?}\n  log: {log:?}",
+                call.index
+            ));
+        }
+    }
+}
+
+/// Compares the database, the results and the hooks with the model.
+async fn check<D: TestDb>(env: &Env<D>, finished: &[Finished<D>], hooks: &Log) -> Report
+where
+    for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
+{
+    let present: std::collections::HashSet<i64> = env.ids().await.into_iter().collect();
+    let mut report = Report::default();
+    let mut expected_ids = std::collections::HashSet::new();
+    for f in finished {
+        let call = &f.run.call;
+        let log = f.run.log.lock().unwrap().clone();
+        let cut = f.dropped || call.has_deadline();
+
+        // Results: a call that ran to its end returned what the rules say.
+        if !f.dropped {
+            for (n, expected) in model::predict(call) {
+                report.predicted += 1;
+                let got = model::returned(&log, n).unwrap_or(Outcome::Panicked);
+                if got != expected {
+                    report.wrong_results += 1;
+                    report.fail(
+                        call,
+                        &log,
+                        format!("scope {n} returned {got:?}, the rules say {expected:?}"),
+                    );
+                }
+            }
+        }
+        if !cut {
+            for e in &log {
+                if let Event::Returned(n, Outcome::Err(Kind::Other), why) = e {
+                    report.fail(call, &log, format!("scope {n} failed unexpectedly: {why}"));
+                }
+            }
+        }
+
+        // Rows: what the reported outcomes imply.
+        let rows = model::expected_rows(call, &log, cut);
+        let mut groups: std::collections::HashMap<usize, Vec<bool>> = Default::default();
+        for &(id, expect) in &rows {
+            expected_ids.insert(id);
+            report.rows += 1;
+            let is = present.contains(&id);
+            let wrong = match expect {
+                Expect::Present => !is,
+                Expect::Absent => is,
+                Expect::Maybe => false,
+                Expect::Together(owner) => {
+                    groups.entry(owner).or_default().push(is);
+                    false
+                }
+            };
+            if wrong {
+                report.wrong_rows += 1;
+                report.fail(
+                    call,
+                    &log,
+                    format!("row {id} present: {is}, expected {expect:?}"),
+                );
+            }
+        }
+        for (owner, members) in &groups {
+            if members.iter().any(|&p| p) && !members.iter().all(|&p| p) {
+                report.wrong_rows += members.len();
+                report.fail(
+                    call,
+                    &log,
+                    format!("transaction of scope {owner} partly committed: {members:?}"),
+                );
+            }
+        }
+
+        // Hooks: each transaction's match its fate (and its rows, when its fate is unknown).
+        for e in &log {
+            let Event::Hooks(owner) = *e else { continue };
+            let fate = model::fate(&log, owner);
+            let seen = hooks.of(&f.run.tag(owner));
+            let committed = seen == ["after_commit", "after_completion Committed"];
+            let rolled_back = seen.len() == 2
+                && seen[0].starts_with("after_rollback")
+                && seen[1] == "after_completion RolledBack";
+            let unknown = seen.iter().any(|h| h == "after_completion Unknown");
+            let rows_say = groups.get(&owner).and_then(|m| m.first().copied());
+            let ok = match fate {
+                Fate::Committed => committed,
+                Fate::RolledBack => rolled_back,
+                Fate::Unknown => {
+                    (committed && rows_say != Some(false))
+                        || (rolled_back && rows_say != Some(true))
+                        || unknown
+                }
+            };
+            match fate {
+                Fate::Committed => report.committed += 1,
+                Fate::RolledBack => report.rolled_back += 1,
+                Fate::Unknown => report.unknown += 1,
+            }
+            if !ok {
+                report.fail(
+                    call,
+                    &log,
+                    format!("hooks of scope {owner} ({fate:?}): {seen:?}"),
+                );
+            }
+        }
+    }
+    let strays: Vec<_> = present
+        .iter()
+        .filter(|id| !expected_ids.contains(id))
+        .collect();
+    if !strays.is_empty() {
+        report.wrong_rows += strays.len();
+        report
+            .failures
+            .push(format!("rows no scope wrote: {strays:?}"));
+    }
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_postgres() {
+    soak::<Pg>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_mysql() {
+    soak::<My>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_sqlite() {
+    soak::<Lite>().await;
+}

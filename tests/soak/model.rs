@@ -1,0 +1,414 @@
+//! The soak's model: random trees of scopes, what each scope must return (docs/SEMANTICS.md,
+//! Propagation and Outcome), and which rows the outcomes the calls reported imply.
+//!
+//! A call is a tree of scopes. Each scope's body registers hooks (if it begins a transaction),
+//! writes one row (maybe), calls its children in order, and ends: `Ok`, an `Err`, a panic, or a
+//! slow statement cut by its deadline. A child's `Err` is either returned by its parent (`?`)
+//! or swallowed. The call itself may be dropped after a random number of polls.
+//!
+//! Two checks come out of it:
+//! - [`predict`]: for a call that ran to its end, the result of every scope whose result does
+//!   not depend on timing, from the rules alone.
+//! - [`expected_rows`] and [`Fate`]: for every call, whatever happened to it, the rows implied
+//!   by what each scope reported (an `Ok` owner committed, a NESTED `Err` undid its work, a
+//!   body cut before its end rolled back, a commit in flight is all or nothing).
+
+use std::collections::HashMap;
+
+/// A deterministic generator (splitmix64): one seed replays a run's calls.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Required,
+    RequiresNew,
+    Nested,
+    Supports,
+    Mandatory,
+    NotSupported,
+    Never,
+}
+
+/// What a scope does with the transaction around it; known from its ancestors alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Begins,
+    Joins,
+    Nests,
+    Without,
+    /// MANDATORY without a transaction, NEVER inside one: the body does not run.
+    Refused,
+}
+
+/// How a body ends once its row and its children are done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Ok,
+    Err,
+    Panic,
+    /// A slow statement that the scope's deadline cuts (only on scopes that begin).
+    Timeout,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub mode: Mode,
+    pub role: Role,
+    pub serializable: bool,
+    pub write: bool,
+    pub children: Vec<usize>,
+    /// The parent returns this scope's `Err` as its own instead of carrying on.
+    pub propagate: bool,
+    pub end: End,
+}
+
+/// One call: a tree of scopes, `nodes[0]` its root.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub index: usize,
+    pub nodes: Vec<Node>,
+    /// Dropped after this many polls, if it has not completed by then.
+    pub drop_after: Option<usize>,
+}
+
+/// What a scope's call ended with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Err(Kind),
+    Panicked,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Boom,
+    UnexpectedRollback,
+    NoExistingTransaction,
+    ExistingTransaction,
+    RollbackOnlySavepoint,
+    Timeout,
+    CommitUnknown,
+    Other,
+}
+
+/// What the body and its caller recorded, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Entered(usize),
+    Hooks(usize),
+    Wrote(usize),
+    BodyDone(usize, bool),
+    Returned(usize, Outcome, String),
+}
+
+struct Ctx {
+    in_tx: bool,
+    suspended: bool,
+    depth: usize,
+}
+
+const MAX_NODES: usize = 12;
+
+impl Call {
+    /// A random call. `single_writer` (SQLite): no scope writes while a transaction it
+    /// suspended is open, since that transaction may hold the database's write lock.
+    pub fn generate(rng: &mut Rng, index: usize, single_writer: bool) -> Call {
+        let mut nodes = Vec::new();
+        let root = Ctx {
+            in_tx: false,
+            suspended: false,
+            depth: 0,
+        };
+        generate_node(rng, &mut nodes, root, single_writer);
+        let drop_after = rng.chance(30).then(|| 1 + rng.below(10) as usize);
+        Call {
+            index,
+            nodes,
+            drop_after,
+        }
+    }
+
+    /// The row scope `node` writes.
+    pub fn id(&self, node: usize) -> i64 {
+        (self.index * 64 + node) as i64
+    }
+
+    /// Whether a deadline inside it may cut work at an unknown point.
+    pub fn has_deadline(&self) -> bool {
+        self.nodes.iter().any(|n| n.end == End::Timeout)
+    }
+}
+
+fn role(mode: Mode, in_tx: bool) -> Role {
+    match (mode, in_tx) {
+        (Mode::Required, false) | (Mode::RequiresNew, _) | (Mode::Nested, false) => Role::Begins,
+        (Mode::Required | Mode::Supports | Mode::Mandatory, true) => Role::Joins,
+        (Mode::Nested, true) => Role::Nests,
+        (Mode::Supports | Mode::Never, false) | (Mode::NotSupported, _) => Role::Without,
+        (Mode::Mandatory, false) | (Mode::Never, true) => Role::Refused,
+    }
+}
+
+fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: bool) -> usize {
+    let mut mode = match rng.below(11) {
+        0..=2 => Mode::Required,
+        3 | 4 => Mode::RequiresNew,
+        5 | 6 => Mode::Nested,
+        7 => Mode::Supports,
+        8 => Mode::Mandatory,
+        9 => Mode::NotSupported,
+        _ => Mode::Never,
+    };
+    let suspends = |m: Mode| ctx.in_tx && matches!(m, Mode::RequiresNew | Mode::NotSupported);
+    // At most one suspended transaction per call: it holds at most two connections.
+    if suspends(mode) && ctx.suspended {
+        mode = Mode::Required;
+    }
+    let role = role(mode, ctx.in_tx);
+    let suspended = ctx.suspended || suspends(mode);
+    let in_tx = match role {
+        Role::Begins | Role::Joins | Role::Nests => true,
+        Role::Without => false,
+        Role::Refused => ctx.in_tx,
+    };
+    let write = role != Role::Refused && !(single_writer && suspended) && rng.chance(70);
+    let end = match rng.below(100) {
+        0..=9 => End::Err,
+        10..=12 => End::Panic,
+        13..=16 if role == Role::Begins => End::Timeout,
+        _ => End::Ok,
+    };
+    let me = nodes.len();
+    nodes.push(Node {
+        mode,
+        role,
+        serializable: mode == Mode::RequiresNew && rng.chance(30),
+        write,
+        children: Vec::new(),
+        propagate: rng.chance(50),
+        end,
+    });
+    if role != Role::Refused && ctx.depth < 4 {
+        let children = match rng.below(10) {
+            0..=3 => 0,
+            4..=6 => 1,
+            7 | 8 => 2,
+            _ => 3,
+        };
+        for _ in 0..children {
+            if nodes.len() >= MAX_NODES {
+                break;
+            }
+            let child_ctx = Ctx {
+                in_tx,
+                suspended,
+                depth: ctx.depth + 1,
+            };
+            let child = generate_node(rng, nodes, child_ctx, single_writer);
+            nodes[me].children.push(child);
+        }
+    }
+    me
+}
+
+/// What each scope must return when the call runs to its end, for every scope whose result
+/// does not depend on timing (a deadline with work before it is cut at an unknown point; the
+/// rest of its parent is then not predicted).
+pub fn predict(call: &Call) -> HashMap<usize, Outcome> {
+    let mut out = HashMap::new();
+    let mut levels = Vec::new();
+    if let Some(root) = simulate(call, 0, &mut levels, &mut out) {
+        out.insert(0, root);
+    }
+    out
+}
+
+/// `levels`: the rollback-only marks of the current transaction's levels (its root, then one
+/// per open savepoint); empty outside a transaction.
+fn simulate(
+    call: &Call,
+    n: usize,
+    levels: &mut Vec<bool>,
+    out: &mut HashMap<usize, Outcome>,
+) -> Option<Outcome> {
+    let node = &call.nodes[n];
+    match node.role {
+        Role::Refused if node.mode == Mode::Mandatory => {
+            return Some(Outcome::Err(Kind::NoExistingTransaction))
+        }
+        Role::Refused => return Some(Outcome::Err(Kind::ExistingTransaction)),
+        Role::Nests if levels.iter().any(|&marked| marked) => {
+            return Some(Outcome::Err(Kind::RollbackOnlySavepoint))
+        }
+        _ => {}
+    }
+    if node.end == End::Timeout && !node.children.is_empty() {
+        return None;
+    }
+    let mut own = match node.role {
+        Role::Begins => vec![false],
+        Role::Without => Vec::new(),
+        _ => std::mem::take(levels),
+    };
+    if node.role == Role::Nests {
+        own.push(false);
+    }
+    let mut early = None;
+    for &child in &node.children {
+        let result = simulate(call, child, &mut own, out)?;
+        out.insert(child, result);
+        match result {
+            Outcome::Panicked => early = Some(Outcome::Panicked),
+            Outcome::Err(kind) if call.nodes[child].propagate => early = Some(Outcome::Err(kind)),
+            _ => {}
+        }
+        if early.is_some() {
+            break;
+        }
+    }
+    let body = early.unwrap_or(match node.end {
+        End::Ok => Outcome::Ok,
+        End::Err => Outcome::Err(Kind::Boom),
+        End::Panic => Outcome::Panicked,
+        End::Timeout => Outcome::Err(Kind::Timeout),
+    });
+    let result = match node.role {
+        Role::Begins | Role::Nests => {
+            let marked = own.pop().unwrap_or(false);
+            if body == Outcome::Ok && marked {
+                Outcome::Err(Kind::UnexpectedRollback)
+            } else {
+                body
+            }
+        }
+        Role::Joins => {
+            if body != Outcome::Ok {
+                if let Some(last) = own.last_mut() {
+                    *last = true;
+                }
+            }
+            body
+        }
+        Role::Without | Role::Refused => body,
+    };
+    if matches!(node.role, Role::Joins | Role::Nests) {
+        *levels = own;
+    }
+    Some(result)
+}
+
+/// What happened to a transaction, from what its owner reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Committed,
+    RolledBack,
+    /// Its COMMIT was in flight when the call was cut, or its answer was lost: all or nothing.
+    Unknown,
+}
+
+pub fn returned(log: &[Event], n: usize) -> Option<Outcome> {
+    log.iter().find_map(|e| match e {
+        Event::Returned(m, outcome, _) if *m == n => Some(*outcome),
+        _ => None,
+    })
+}
+
+/// The fate of the transaction scope `owner` began.
+pub fn fate(log: &[Event], owner: usize) -> Fate {
+    match returned(log, owner) {
+        Some(Outcome::Ok) => Fate::Committed,
+        Some(Outcome::Err(Kind::CommitUnknown)) => Fate::Unknown,
+        Some(_) => Fate::RolledBack,
+        // Cut (or panicked) before its body ended: rolled back. Cut after: its end went on
+        // by itself, and the COMMIT may have been sent.
+        None if log.contains(&Event::BodyDone(owner, true)) => Fate::Unknown,
+        None => Fate::RolledBack,
+    }
+}
+
+/// What must be true of one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Present,
+    Absent,
+    /// Present exactly when every other row of the transaction begun by this node is.
+    Together(usize),
+    /// An autocommitted statement that was in flight when the call was cut.
+    Maybe,
+}
+
+/// The row every writing scope of `call` implies, from what was recorded. `cut`: the call
+/// was dropped or had a deadline, so a statement may have been in flight when work stopped.
+pub fn expected_rows(call: &Call, log: &[Event], cut: bool) -> Vec<(i64, Expect)> {
+    let mut out = Vec::new();
+    walk(call, log, 0, None, Vec::new(), cut, &mut out);
+    out
+}
+
+fn walk(
+    call: &Call,
+    log: &[Event],
+    n: usize,
+    unit: Option<usize>,
+    savepoints: Vec<usize>,
+    cut: bool,
+    out: &mut Vec<(i64, Expect)>,
+) {
+    let node = &call.nodes[n];
+    let (unit, savepoints) = match node.role {
+        Role::Refused => return,
+        Role::Begins => (Some(n), Vec::new()),
+        Role::Joins => (unit, savepoints),
+        Role::Nests => {
+            let mut savepoints = savepoints;
+            savepoints.push(n);
+            (unit, savepoints)
+        }
+        Role::Without => (None, Vec::new()),
+    };
+    if node.write {
+        let wrote = log.contains(&Event::Wrote(n));
+        let expect = match unit {
+            None if wrote => Expect::Present,
+            None if cut => Expect::Maybe,
+            None => Expect::Absent,
+            Some(owner) => {
+                let kept = savepoints
+                    .iter()
+                    .all(|&s| returned(log, s) == Some(Outcome::Ok));
+                match fate(log, owner) {
+                    _ if !wrote || !kept => Expect::Absent,
+                    Fate::Committed => Expect::Present,
+                    Fate::RolledBack => Expect::Absent,
+                    Fate::Unknown => Expect::Together(owner),
+                }
+            }
+        };
+        out.push((call.id(n), expect));
+    }
+    for &child in &node.children {
+        walk(call, log, child, unit, savepoints.clone(), cut, out);
+    }
+}
