@@ -212,7 +212,11 @@ fn retrying(
         }
     }
     if let Err(error) = errors.finish() {
-        let item = quote!(#(#attrs)* #vis #sig #block);
+        // The item as written, inner attributes included.
+        let body = block.stream();
+        let mut written = Group::new(Delimiter::Brace, quote!(#(#inner_attrs)* #body));
+        written.set_span(block.span());
+        let item = quote!(#(#attrs)* #vis #sig #written);
         let error = error.to_compile_error();
         return quote!(#item #error);
     }
@@ -239,6 +243,16 @@ fn retrying(
     let retries = Literal::u32_unsuffixed(retries);
     let retries = quote_spanned!(span=> #retries);
     let make = quote_spanned!(ret_span=> move || { #clones async move #block });
+    // Each attempt's clone is the binding the body mutates; the outer one never changes, so
+    // its `mut` would only warn (`unused_mut`) about code the user did not write.
+    let mut sig = sig;
+    for input in sig.inputs.iter_mut() {
+        if let syn::FnArg::Typed(arg) = input {
+            if let syn::Pat::Ident(ident) = &mut *arg.pat {
+                ident.mutability = None;
+            }
+        }
+    }
     // The call carries the return type's span: an error type `retry` cannot classify is
     // reported there.
     let call = quote_spanned!(ret_span=> #private(#builder, #retries, #rule, #describe, #make));

@@ -15,6 +15,8 @@ mod expand;
 mod function;
 mod keys;
 mod options;
+#[cfg(test)]
+mod property_tests;
 mod suggest;
 mod values;
 

@@ -238,7 +238,9 @@ fn apply(args: &mut TxArgs, key: Key, span: Span, value: Option<Expr>) -> syn::R
         }
         Key::Crate => {
             let lit = string_value(&value, key)?;
-            let path = lit.parse::<Path>().map_err(|_| {
+            // A module path: the expansion puts it in expressions (`<path>::Transactional::new()`),
+            // where generics (`a::b<T>`) or `Fn(..)` sugar would not parse.
+            let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
                 syn::Error::new(
                     lit.span(),
                     format!(
@@ -441,6 +443,7 @@ mod tests {
         assert!(error(quote!(data_source = reporting)).contains("takes a string literal"));
         assert!(error(quote!(no_rollback_for = "NotFound")).contains("takes a predicate"));
         assert!(error(quote!(crate = "not a path")).contains("is not a path"));
+        assert!(error(quote!(crate = "a::b<T>")).contains("is not a path"));
         assert!(error(quote!(crate = transactional)).contains("takes a string literal"));
         assert!(error(quote!(propagation)).contains("needs a value"));
     }
