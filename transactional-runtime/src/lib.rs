@@ -14,29 +14,42 @@
 //! selected inside a scope share it, while a `tokio::spawn`ed task starts with none.
 #![deny(missing_docs)]
 
-// In the order the data flows: what a scope asks for, the SQL and the driver seam, the
-// registry, the transaction and its connection, the task-local context, the scope itself,
-// and the API on top. docs/ARCHITECTURE.md walks through it.
-mod api;
-mod builder;
-mod context;
-mod data_source;
-mod detach;
-mod dialect;
-mod driver;
+// Layered in the direction the data flows; a module imports only from its own group or those
+// above it (tests/module_graph.rs keeps it so; docs/ARCHITECTURE.md walks through it).
+
+// What a scope asks for, and what can go wrong.
 mod error;
-mod events;
-mod guard;
-mod hooks;
 mod name;
 mod options;
 mod propagation;
-mod retry;
-mod scope;
 mod status;
-pub mod testing;
+
+// The databases: the driver seam, each database's SQL, work that must finish when detached.
+mod detach;
+mod dialect;
+mod driver;
+
+// What happens around a transaction: hooks, scope events, tracing.
+mod events;
+mod hooks;
 mod trace;
+
+// The registry of pools, and a transaction on its connection.
+mod data_source;
 mod transaction;
+
+// The task-local context, the connection guard, the scope from start to end.
+mod context;
+mod guard;
+mod scope;
+
+// The public API on top: free functions, retry, the builder the macro calls.
+mod api;
+mod builder;
+mod retry;
+
+// Built on the API.
+pub mod testing;
 #[cfg(feature = "axum")]
 pub mod web;
 

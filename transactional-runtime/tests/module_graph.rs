@@ -125,3 +125,50 @@ fn testing_support_sits_on_top() {
         "the core must not import testing: {users:?}"
     );
 }
+
+/// The groups of `mod` declarations in `lib.rs`, top to bottom (blank lines separate them).
+fn layers() -> Vec<BTreeSet<String>> {
+    let lib = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let mut layers = vec![BTreeSet::new()];
+    for line in lib.lines().map(str::trim) {
+        if line.is_empty() {
+            if !layers.last().unwrap().is_empty() {
+                layers.push(BTreeSet::new());
+            }
+        } else if let Some(name) = line
+            .strip_prefix("pub mod ")
+            .or_else(|| line.strip_prefix("mod "))
+            .and_then(|rest| rest.strip_suffix(';'))
+        {
+            layers.last_mut().unwrap().insert(name.to_owned());
+        }
+    }
+    layers.retain(|layer| !layer.is_empty());
+    layers
+}
+
+#[test]
+fn each_module_imports_only_from_its_own_layer_or_those_above() {
+    let graph = graph();
+    let layers = layers();
+    let layer_of = |module: &str| layers.iter().position(|l| l.contains(module));
+    assert!(
+        layers.len() >= 5,
+        "lib.rs lists its modules in layers: {layers:?}"
+    );
+    let mut upward = Vec::new();
+    for (module, edges) in &graph {
+        let from = layer_of(module).unwrap_or_else(|| panic!("{module} is not in lib.rs"));
+        for target in edges {
+            let to = layer_of(target).unwrap_or_else(|| panic!("{target} is not in lib.rs"));
+            if to > from {
+                upward.push(format!("{module} (layer {from}) -> {target} (layer {to})"));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports from a lower layer of lib.rs:\n{}",
+        upward.join("\n")
+    );
+}
