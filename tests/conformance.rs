@@ -19,6 +19,8 @@ mod hooks;
 mod hooks_context;
 #[path = "conformance/isolation.rs"]
 mod isolation;
+#[path = "conformance/lazy_begin.rs"]
+mod lazy_begin;
 #[path = "conformance/nested.rs"]
 mod nested;
 #[path = "conformance/options.rs"]
