@@ -1,5 +1,5 @@
 //! Soak with a model: thousands of annotated calls in random trees of all seven propagation
-//! modes, with errors, panics, deadlines and dropped futures injected at random, on four
+//! modes, some run concurrently inside one transaction, with errors, panics, deadlines and dropped futures injected at random, on four
 //! concurrent tasks sharing a pool of ten. Afterwards the rows equal what the model derives
 //! from the outcomes the calls reported, every scope that ran to its end returned what the
 //! rules say, the hooks match each transaction's fate, the pool is idle and every connection
@@ -12,6 +12,7 @@ mod common;
 #[path = "soak/model.rs"]
 mod model;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -159,11 +160,22 @@ fn body<D: TestDb>(run: Arc<Run<D>>, n: usize) -> Scope {
             drop(conn);
             run.event(Event::Wrote(n));
         }
-        for &child in &node.children {
-            let result = call(run.clone(), child).await;
-            if result.is_err() && run.call.nodes[child].propagate {
-                run.event(Event::BodyDone(n, false));
-                return result;
+        if node.concurrent {
+            let children = node.children.iter().map(|&child| call(run.clone(), child));
+            let results = futures_util::future::join_all(children).await;
+            for (&child, result) in node.children.iter().zip(results) {
+                if result.is_err() && run.call.nodes[child].propagate {
+                    run.event(Event::BodyDone(n, false));
+                    return result;
+                }
+            }
+        } else {
+            for &child in &node.children {
+                let result = call(run.clone(), child).await;
+                if result.is_err() && run.call.nodes[child].propagate {
+                    run.event(Event::BodyDone(n, false));
+                    return result;
+                }
             }
         }
         match node.end {
@@ -253,6 +265,9 @@ fn target_scopes() -> usize {
 struct Finished<D> {
     run: Arc<Run<D>>,
     dropped: bool,
+    /// A panic unwinds through `join_all`, dropping the concurrent siblings of its scope
+    /// wherever they were.
+    panicked: bool,
 }
 
 async fn soak<D: TestDb>()
@@ -310,14 +325,18 @@ where
                     pool.clone(),
                     poll_at_most(call(run.clone(), 0), polls),
                 ));
-                let dropped = match task.await {
-                    Ok(Ok(Some(_))) => false,
-                    Ok(Ok(None)) => true,
+                let (dropped, panicked) = match task.await {
+                    Ok(Ok(Some(_))) => (false, false),
+                    Ok(Ok(None)) => (true, false),
                     Ok(Err(e)) => panic!("registering the pool: {e}"),
-                    Err(e) if e.is_panic() => false,
+                    Err(e) if e.is_panic() => (false, true),
                     Err(e) => panic!("call task: {e}"),
                 };
-                finished.push(Finished { run, dropped });
+                finished.push(Finished {
+                    run,
+                    dropped,
+                    panicked,
+                });
             }
         }));
     }
@@ -341,16 +360,16 @@ where
         })
         .collect();
     env.eventually("every transaction's hooks have run", || async {
+        let by_tag = by_tag(&hooks);
         registered.iter().all(|tag| {
-            hooks
-                .of(tag)
-                .iter()
-                .any(|e| e.starts_with("after_completion"))
+            by_tag
+                .get(tag)
+                .is_some_and(|seen| seen.iter().any(|e| e.starts_with("after_completion")))
         })
     })
     .await;
 
-    let report = check(&env, &finished, &hooks).await;
+    let report = check(&env, &finished, &by_tag(&hooks)).await;
     let clean = env.pool_is_clean().await;
     // Still usable: fresh calls commit.
     let after = 64 * runs.len() as i64;
@@ -419,7 +438,25 @@ impl Report {
 }
 
 /// Compares the database, the results and the hooks with the model.
-async fn check<D: TestDb>(env: &Env<D>, finished: &[Finished<D>], hooks: &Log) -> Report
+/// The hooks that ran, by the tag of the scope that registered them.
+fn by_tag(hooks: &Log) -> HashMap<String, Vec<String>> {
+    let mut by_tag: HashMap<String, Vec<String>> = HashMap::new();
+    for event in hooks.events() {
+        if let Some((tag, what)) = event.split_once(' ') {
+            by_tag
+                .entry(tag.to_owned())
+                .or_default()
+                .push(what.to_owned());
+        }
+    }
+    by_tag
+}
+
+async fn check<D: TestDb>(
+    env: &Env<D>,
+    finished: &[Finished<D>],
+    hooks: &HashMap<String, Vec<String>>,
+) -> Report
 where
     for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
 {
@@ -429,7 +466,7 @@ where
     for f in finished {
         let call = &f.run.call;
         let log = f.run.log.lock().unwrap().clone();
-        let cut = f.dropped || call.has_deadline();
+        let cut = f.dropped || call.has_deadline() || f.panicked;
 
         // Results: a call that ran to its end returned what the rules say.
         if !f.dropped {
@@ -456,7 +493,7 @@ where
 
         // Rows: what the reported outcomes imply.
         let rows = model::expected_rows(call, &log, cut);
-        let mut groups: std::collections::HashMap<usize, Vec<bool>> = Default::default();
+        let mut groups: HashMap<usize, Vec<bool>> = HashMap::new();
         for &(id, expect) in &rows {
             expected_ids.insert(id);
             report.rows += 1;
@@ -494,7 +531,7 @@ where
         for e in &log {
             let Event::Hooks(owner) = *e else { continue };
             let fate = model::fate(&log, owner);
-            let seen = hooks.of(&f.run.tag(owner));
+            let seen = hooks.get(&f.run.tag(owner)).cloned().unwrap_or_default();
             let committed = seen == ["after_commit", "after_completion Committed"];
             let rolled_back = seen.len() == 2
                 && seen[0].starts_with("after_rollback")

@@ -2,7 +2,8 @@
 //! Propagation and Outcome), and which rows the outcomes the calls reported imply.
 //!
 //! A call is a tree of scopes. Each scope's body registers hooks (if it begins a transaction),
-//! writes one row (maybe), calls its children in order, and ends: `Ok`, an `Err`, a panic, or a
+//! writes one row (maybe), calls its children (in order, or all at once with `join_all`: they
+//! share the transaction), and ends: `Ok`, an `Err`, a panic, or a
 //! slow statement cut by its deadline. A child's `Err` is either returned by its parent (`?`)
 //! or swallowed. The call itself may be dropped after a random number of polls.
 //!
@@ -79,6 +80,8 @@ pub struct Node {
     pub serializable: bool,
     pub write: bool,
     pub children: Vec<usize>,
+    /// The children run concurrently (`join_all`) instead of one after the other.
+    pub concurrent: bool,
     /// The parent returns this scope's `Err` as its own instead of carrying on.
     pub propagate: bool,
     pub end: End,
@@ -207,6 +210,7 @@ fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: 
         serializable: mode == Mode::RequiresNew && rng.chance(30),
         write,
         children: Vec::new(),
+        concurrent: false,
         propagate: rng.chance(50),
         end,
     });
@@ -229,6 +233,7 @@ fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: 
             let child = generate_node(rng, nodes, child_ctx, single_writer);
             nodes[me].children.push(child);
         }
+        nodes[me].concurrent = nodes[me].children.len() >= 2 && rng.chance(30);
     }
     me
 }
@@ -264,7 +269,8 @@ fn simulate(
         }
         _ => {}
     }
-    if node.end == End::Timeout && !node.children.is_empty() {
+    // Concurrent children: which of them meets a mark or a savepoint first is timing.
+    if node.concurrent || (node.end == End::Timeout && !node.children.is_empty()) {
         return None;
     }
     let mut own = match node.role {
