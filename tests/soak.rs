@@ -35,6 +35,7 @@ struct Stats {
     errors: AtomicUsize,
     panics: AtomicUsize,
     deadlines: AtomicUsize,
+    marks: AtomicUsize,
 }
 
 /// One call in flight: its tree, what it recorded, and where it writes.
@@ -151,6 +152,19 @@ fn body<D: TestDb>(run: Arc<Run<D>>, n: usize) -> Scope {
         run.event(Event::Entered(n));
         if node.role == Role::Begins {
             run.hooks.record(&run.tag(n)).await;
+            if node.before_commit {
+                let sql = format!(
+                    "INSERT INTO {} (id) VALUES ({})",
+                    run.table,
+                    run.call.hook_id(n)
+                );
+                transactional::before_commit(move || async move {
+                    let mut conn = transactional::connection::<D::DB>().await?;
+                    D::exec(&mut conn, sql).await?;
+                    Ok::<_, AppError>(())
+                })
+                .await?;
+            }
             run.event(Event::Hooks(n));
         }
         if node.write {
@@ -177,6 +191,11 @@ fn body<D: TestDb>(run: Arc<Run<D>>, n: usize) -> Scope {
                     return result;
                 }
             }
+        }
+        if node.mark {
+            run.stats.marks.fetch_add(1, Ordering::Relaxed);
+            transactional::set_rollback_only();
+            run.event(Event::Marked(n));
         }
         match node.end {
             End::Ok => {}
@@ -384,7 +403,7 @@ where
     let dropped = finished.iter().filter(|f| f.dropped).count();
     println!(
         "soak {} (SOAK_SEED={base_seed}): {} calls, {} annotated scopes in {:.1?}; injected: {} errors, \
-         {} panics, {} deadlines, {} dropped calls; {} transactions ({} committed, {} rolled \
+         {} panics, {} deadlines, {} rollback-only marks, {} dropped calls; {} transactions ({} committed, {} rolled \
          back, {} unknown); {} rows checked, {} wrong; {} results predicted, {} wrong; pool \
          clean: {clean}, usable: {usable}",
         D::NAME,
@@ -394,6 +413,7 @@ where
         stats.errors.load(Ordering::Relaxed),
         stats.panics.load(Ordering::Relaxed),
         stats.deadlines.load(Ordering::Relaxed),
+        stats.marks.load(Ordering::Relaxed),
         dropped,
         report.committed + report.rolled_back + report.unknown,
         report.committed,

@@ -1,9 +1,9 @@
 //! The soak's model: random trees of scopes, what each scope must return (docs/SEMANTICS.md,
 //! Propagation and Outcome), and which rows the outcomes the calls reported imply.
 //!
-//! A call is a tree of scopes. Each scope's body registers hooks (if it begins a transaction),
-//! writes one row (maybe), calls its children (in order, or all at once with `join_all`: they
-//! share the transaction), and ends: `Ok`, an `Err`, a panic, or a
+//! A call is a tree of scopes. Each scope's body registers hooks (if it begins a transaction;
+//! maybe a before-commit hook that writes a row of its own), writes one row (maybe), calls its children (in order, or all at once with `join_all`: they
+//! share the transaction), maybe calls `set_rollback_only()`, and ends: `Ok`, an `Err`, a panic, or a
 //! slow statement cut by its deadline. A child's `Err` is either returned by its parent (`?`)
 //! or swallowed. The call itself may be dropped after a random number of polls.
 //!
@@ -84,6 +84,10 @@ pub struct Node {
     pub concurrent: bool,
     /// The parent returns this scope's `Err` as its own instead of carrying on.
     pub propagate: bool,
+    /// Calls `set_rollback_only()` once its children are done.
+    pub mark: bool,
+    /// Registers a before-commit hook that writes row `id + 32` (only a scope that begins).
+    pub before_commit: bool,
     pub end: End,
 }
 
@@ -122,6 +126,7 @@ pub enum Event {
     Entered(usize),
     Hooks(usize),
     Wrote(usize),
+    Marked(usize),
     BodyDone(usize, bool),
     Returned(usize, Outcome, String),
 }
@@ -156,6 +161,11 @@ impl Call {
     /// The row scope `node` writes.
     pub fn id(&self, node: usize) -> i64 {
         (self.index * 64 + node) as i64
+    }
+
+    /// The row the before-commit hook of scope `node` writes.
+    pub fn hook_id(&self, node: usize) -> i64 {
+        self.id(node) + 32
     }
 
     /// Whether a deadline inside it may cut work at an unknown point.
@@ -196,7 +206,8 @@ fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: 
         Role::Without => false,
         Role::Refused => ctx.in_tx,
     };
-    let write = role != Role::Refused && !(single_writer && suspended) && rng.chance(70);
+    let may_write = role != Role::Refused && !(single_writer && suspended);
+    let write = may_write && rng.chance(70);
     let end = match rng.below(100) {
         0..=9 => End::Err,
         10..=12 => End::Panic,
@@ -212,6 +223,8 @@ fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: 
         children: Vec::new(),
         concurrent: false,
         propagate: rng.chance(50),
+        mark: role != Role::Refused && rng.chance(8),
+        before_commit: role == Role::Begins && may_write && rng.chance(30),
         end,
     });
     if role != Role::Refused && ctx.depth < 4 {
@@ -301,16 +314,18 @@ fn simulate(
         End::Timeout => Outcome::Err(Kind::Timeout),
     });
     let result = match node.role {
+        // Its own set_rollback_only() rolls back and keeps the Ok; a participant's mark turns
+        // the Ok into UnexpectedRollback.
         Role::Begins | Role::Nests => {
             let marked = own.pop().unwrap_or(false);
-            if body == Outcome::Ok && marked {
+            if body == Outcome::Ok && marked && !node.mark {
                 Outcome::Err(Kind::UnexpectedRollback)
             } else {
                 body
             }
         }
         Role::Joins => {
-            if body != Outcome::Ok {
+            if body != Outcome::Ok || node.mark {
                 if let Some(last) = own.last_mut() {
                     *last = true;
                 }
@@ -343,6 +358,10 @@ pub fn returned(log: &[Event], n: usize) -> Option<Outcome> {
 
 /// The fate of the transaction scope `owner` began.
 pub fn fate(log: &[Event], owner: usize) -> Fate {
+    // It asked for the rollback itself: its end never commits.
+    if log.contains(&Event::Marked(owner)) {
+        return Fate::RolledBack;
+    }
     match returned(log, owner) {
         Some(Outcome::Ok) => Fate::Committed,
         Some(Outcome::Err(Kind::CommitUnknown)) => Fate::Unknown,
@@ -394,6 +413,14 @@ fn walk(
         }
         Role::Without => (None, Vec::new()),
     };
+    if node.role == Role::Begins && node.before_commit && log.contains(&Event::Hooks(n)) {
+        let expect = match fate(log, n) {
+            Fate::Committed => Expect::Present,
+            Fate::RolledBack => Expect::Absent,
+            Fate::Unknown => Expect::Together(n),
+        };
+        out.push((call.hook_id(n), expect));
+    }
     if node.write {
         let wrote = log.contains(&Event::Wrote(n));
         let expect = match unit {
@@ -401,9 +428,9 @@ fn walk(
             None if cut => Expect::Maybe,
             None => Expect::Absent,
             Some(owner) => {
-                let kept = savepoints
-                    .iter()
-                    .all(|&s| returned(log, s) == Some(Outcome::Ok));
+                let kept = savepoints.iter().all(|&s| {
+                    returned(log, s) == Some(Outcome::Ok) && !log.contains(&Event::Marked(s))
+                });
                 match fate(log, owner) {
                     _ if !wrote || !kept => Expect::Absent,
                     Fate::Committed => Expect::Present,
