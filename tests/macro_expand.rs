@@ -115,27 +115,8 @@ mod fake {
         use super::{record, Error, Transactional};
         use std::future::Future;
 
-        pub struct Text<'a, E>(pub &'a E);
-
-        pub trait ViaDisplay {
-            fn text(&self) -> Option<String>;
-        }
-
-        impl<E: std::fmt::Display> ViaDisplay for Text<'_, E> {
-            fn text(&self) -> Option<String> {
-                Some(self.0.to_string())
-            }
-        }
-
-        pub trait ViaNothing {
-            fn text(&self) -> Option<String>;
-        }
-
-        impl<E> ViaNothing for &Text<'_, E> {
-            fn text(&self) -> Option<String> {
-                None
-            }
-        }
+        // How the expansion puts an error in words: the runtime's own.
+        pub use transactional::__private::{Text, ViaDisplay, ViaNothing};
 
         pub type Describe<R> = fn(&R) -> Option<String>;
 
