@@ -5,7 +5,6 @@
 
 use std::any::Any;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -13,9 +12,10 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use tokio::time::{Instant, Sleep};
 use tracing::{Instrument, Span};
+
+mod hooks;
 
 use super::attempt::AttemptEnd;
 use super::start::{Running, What};
@@ -23,10 +23,11 @@ use crate::context::Context;
 use crate::detach::Detachable;
 use crate::error::Error;
 use crate::events::EventKind;
-use crate::hooks::{run_after, Ending, RollbackCause};
+use crate::hooks::{Ending, RollbackCause};
 use crate::options::TxOptions;
 use crate::trace;
-use crate::transaction::{Finished, Frame, Level, Role, SavepointEnd};
+use crate::transaction::{Finished, Frame, Role, SavepointEnd};
+use hooks::BeforeCommit;
 
 /// How long after its deadline a scope may take to stop its statement and roll back before
 /// the caller gets `Error::Timeout` anyway (the rollback then finishes on its own).
@@ -468,45 +469,6 @@ impl End {
         Report { error, panic }
     }
 
-    /// Runs the before-commit hooks inside the transaction, within the deadline.
-    async fn before_commit(&self) -> Result<(), BeforeCommit> {
-        let level = &self.frame.level;
-        let mut hooks = Box::pin(
-            AssertUnwindSafe(
-                self.body_ctx
-                    .in_this_task()
-                    .scope(level.hooks.run_before_commit()),
-            )
-            .catch_unwind(),
-        );
-        let ran = match self.deadline {
-            None => Some(hooks.as_mut().await),
-            Some(deadline) => {
-                let mut timer = Box::pin(tokio::time::sleep_until(deadline));
-                std::future::poll_fn(|cx| {
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
-                    hooks.as_mut().poll(cx).map(Some)
-                })
-                .await
-            }
-        };
-        match ran {
-            Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(error))) => Err(BeforeCommit::Failed(error)),
-            Some(Err(payload)) => Err(BeforeCommit::Panicked(payload)),
-            None => {
-                let cancel = self.frame.tx().interrupt(&self.frame);
-                drop(hooks);
-                if let Some(cancel) = cancel {
-                    cancel.await;
-                }
-                Err(BeforeCommit::TimedOut)
-            }
-        }
-    }
-
     /// The end of a NESTED scope: RELEASE its savepoint, or roll back to it.
     async fn savepoint(self, cancel: Option<BoxFuture<'static, ()>>) -> Report {
         let frame = self.frame.clone();
@@ -581,32 +543,6 @@ impl End {
         );
         Report::error(error)
     }
-
-    /// Runs the after-* hooks of a finished transaction, with no transaction current on its
-    /// data source, in the context the scope was called from (with no transaction at all when
-    /// the end finishes on a task of its own, after the caller has moved on).
-    async fn after(&self, level: &Level, ending: Ending) {
-        let hooks = level.hooks.take();
-        if hooks.is_empty() {
-            return;
-        }
-        let outer = if self.detached.load(Ordering::Acquire) {
-            self.outer.without_transactions()
-        } else {
-            self.outer.in_this_task()
-        };
-        let data_source = &self.frame.tx().data_source;
-        let ctx = outer.for_scope(&data_source.name, None, None);
-        let ran = |hook| data_source.emit(&self.options, &self.span, EventKind::HookRan { hook });
-        ctx.scope(run_after(hooks, ending, &self.options.name, &ran))
-            .await;
-    }
-}
-
-enum BeforeCommit {
-    Failed(Error),
-    Panicked(Box<dyn Any + Send>),
-    TimedOut,
 }
 
 /// The scope asked for the rollback itself: its `Ok` stands. A participant marked it: the
