@@ -8,11 +8,12 @@
 //! `SOAK_CALLS` sets the number of annotated calls per database (default 10,000), `SOAK_SEED`
 //! the seed (printed with every failure, and by `--nocapture` runs).
 
+#[path = "soak/check.rs"]
+mod check;
 mod common;
 #[path = "soak/model.rs"]
 mod model;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use transactional::transactional;
 
 use common::{poll_at_most, AppError, AppResult, Env, Lite, Log, My, Pg, TestDb};
-use model::{Call, End, Event, Expect, Fate, Kind, Mode, Outcome, Rng, Role};
+use model::{Call, End, Event, Kind, Mode, Outcome, Rng, Role};
 
 const INJECTED_PANIC: &str = "soak: injected panic";
 const DEFAULT_SEED: u64 = 0x5EED_2026_1125;
@@ -379,7 +380,7 @@ where
         })
         .collect();
     env.eventually("every transaction's hooks have run", || async {
-        let by_tag = by_tag(&hooks);
+        let by_tag = check::by_tag(&hooks);
         registered.iter().all(|tag| {
             by_tag
                 .get(tag)
@@ -388,7 +389,7 @@ where
     })
     .await;
 
-    let report = check(&env, &finished, &by_tag(&hooks)).await;
+    let report = check::check(&env, &finished, &check::by_tag(&hooks)).await;
     let clean = env.pool_is_clean().await;
     // Still usable: fresh calls commit.
     let after = 64 * runs.len() as i64;
@@ -432,166 +433,6 @@ where
         base_seed,
         report.failures.join("\n")
     );
-}
-
-#[derive(Default)]
-struct Report {
-    rows: usize,
-    wrong_rows: usize,
-    predicted: usize,
-    wrong_results: usize,
-    committed: usize,
-    rolled_back: usize,
-    unknown: usize,
-    failures: Vec<String>,
-}
-
-impl Report {
-    fn fail(&mut self, call: &Call, log: &[Event], what: String) {
-        if self.failures.len() < 10 {
-            self.failures.push(format!(
-                "call {}: {what}\n  tree: {call:?}\n  log: {log:?}",
-                call.index
-            ));
-        }
-    }
-}
-
-/// Compares the database, the results and the hooks with the model.
-/// The hooks that ran, by the tag of the scope that registered them.
-fn by_tag(hooks: &Log) -> HashMap<String, Vec<String>> {
-    let mut by_tag: HashMap<String, Vec<String>> = HashMap::new();
-    for event in hooks.events() {
-        if let Some((tag, what)) = event.split_once(' ') {
-            by_tag
-                .entry(tag.to_owned())
-                .or_default()
-                .push(what.to_owned());
-        }
-    }
-    by_tag
-}
-
-async fn check<D: TestDb>(
-    env: &Env<D>,
-    finished: &[Finished<D>],
-    hooks: &HashMap<String, Vec<String>>,
-) -> Report
-where
-    for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
-{
-    let present: std::collections::HashSet<i64> = env.ids().await.into_iter().collect();
-    let mut report = Report::default();
-    let mut expected_ids = std::collections::HashSet::new();
-    for f in finished {
-        let call = &f.run.call;
-        let log = f.run.log.lock().unwrap().clone();
-        let cut = f.dropped || call.has_deadline() || f.panicked;
-
-        // Results: a call that ran to its end returned what the rules say.
-        if !f.dropped {
-            for (n, expected) in model::predict(call) {
-                report.predicted += 1;
-                let got = model::returned(&log, n).unwrap_or(Outcome::Panicked);
-                if got != expected {
-                    report.wrong_results += 1;
-                    report.fail(
-                        call,
-                        &log,
-                        format!("scope {n} returned {got:?}, the rules say {expected:?}"),
-                    );
-                }
-            }
-        }
-        if !cut {
-            for e in &log {
-                if let Event::Returned(n, Outcome::Err(Kind::Other), why) = e {
-                    report.fail(call, &log, format!("scope {n} failed unexpectedly: {why}"));
-                }
-            }
-        }
-
-        // Rows: what the reported outcomes imply.
-        let rows = model::expected_rows(call, &log, cut);
-        let mut groups: HashMap<usize, Vec<bool>> = HashMap::new();
-        for &(id, expect) in &rows {
-            expected_ids.insert(id);
-            report.rows += 1;
-            let is = present.contains(&id);
-            let wrong = match expect {
-                Expect::Present => !is,
-                Expect::Absent => is,
-                Expect::Maybe => false,
-                Expect::Together(owner) => {
-                    groups.entry(owner).or_default().push(is);
-                    false
-                }
-            };
-            if wrong {
-                report.wrong_rows += 1;
-                report.fail(
-                    call,
-                    &log,
-                    format!("row {id} present: {is}, expected {expect:?}"),
-                );
-            }
-        }
-        for (owner, members) in &groups {
-            if members.iter().any(|&p| p) && !members.iter().all(|&p| p) {
-                report.wrong_rows += members.len();
-                report.fail(
-                    call,
-                    &log,
-                    format!("transaction of scope {owner} partly committed: {members:?}"),
-                );
-            }
-        }
-
-        // Hooks: each transaction's match its fate (and its rows, when its fate is unknown).
-        for e in &log {
-            let Event::Hooks(owner) = *e else { continue };
-            let fate = model::fate(&log, owner);
-            let seen = hooks.get(&f.run.tag(owner)).cloned().unwrap_or_default();
-            let committed = seen == ["after_commit", "after_completion Committed"];
-            let rolled_back = seen.len() == 2
-                && seen[0].starts_with("after_rollback")
-                && seen[1] == "after_completion RolledBack";
-            let unknown = seen.iter().any(|h| h == "after_completion Unknown");
-            let rows_say = groups.get(&owner).and_then(|m| m.first().copied());
-            let ok = match fate {
-                Fate::Committed => committed,
-                Fate::RolledBack => rolled_back,
-                Fate::Unknown => {
-                    (committed && rows_say != Some(false))
-                        || (rolled_back && rows_say != Some(true))
-                        || unknown
-                }
-            };
-            match fate {
-                Fate::Committed => report.committed += 1,
-                Fate::RolledBack => report.rolled_back += 1,
-                Fate::Unknown => report.unknown += 1,
-            }
-            if !ok {
-                report.fail(
-                    call,
-                    &log,
-                    format!("hooks of scope {owner} ({fate:?}): {seen:?}"),
-                );
-            }
-        }
-    }
-    let strays: Vec<_> = present
-        .iter()
-        .filter(|id| !expected_ids.contains(id))
-        .collect();
-    if !strays.is_empty() {
-        report.wrong_rows += strays.len();
-        report
-            .failures
-            .push(format!("rows no scope wrote: {strays:?}"));
-    }
-    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
