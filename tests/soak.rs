@@ -207,12 +207,12 @@ fn body<D: TestDb>(run: Arc<Run<D>>, n: usize) -> Scope {
             }
             End::Panic => {
                 run.stats.panics.fetch_add(1, Ordering::Relaxed);
-                panic!("soak: injected panic");
+                std::panic::panic_any(INJECTED_PANIC);
             }
             End::Timeout => {
                 run.stats.deadlines.fetch_add(1, Ordering::Relaxed);
                 let mut conn = transactional::connection::<D::DB>().await?;
-                D::exec(&mut conn, D::slow_statement(10)).await?;
+                D::exec(&mut conn, D::slow_statement(3)).await?;
             }
         }
         run.event(Event::BodyDone(n, true));
@@ -349,7 +349,19 @@ where
                     Ok(Ok(Some(_))) => (false, false),
                     Ok(Ok(None)) => (true, false),
                     Ok(Err(e)) => panic!("registering the pool: {e}"),
-                    Err(e) if e.is_panic() => (false, true),
+                    Err(e) if e.is_panic() => {
+                        let payload = e.into_panic();
+                        let message = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned());
+                        assert_eq!(
+                            message.as_deref(),
+                            Some(INJECTED_PANIC),
+                            "call {i} panicked by itself"
+                        );
+                        (false, true)
+                    }
                     Err(e) => panic!("call task: {e}"),
                 };
                 finished.push(Finished {
@@ -367,8 +379,16 @@ where
     let ran_for = started.elapsed();
 
     // Cleanup of dropped calls and their hooks goes on in the background: wait for it.
-    env.eventually("the pool is idle", || async { env.pool_is_idle() })
-        .await;
+    // (Longer than the runtime gives a cleanup before it closes the connection.)
+    let idle_by = Instant::now() + Duration::from_secs(20);
+    while !env.pool_is_idle() {
+        assert!(
+            Instant::now() < idle_by,
+            "{}: the pool is not idle after 20 s",
+            D::NAME
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let registered: Vec<String> = finished
         .iter()
         .flat_map(|f| {
@@ -403,7 +423,7 @@ where
 
     let dropped = finished.iter().filter(|f| f.dropped).count();
     println!(
-        "soak {} (SOAK_SEED={base_seed}): {} calls, {} annotated scopes in {:.1?}; injected: {} errors, \
+        "soak {} (SOAK_SEED={base_seed}): {} call trees, {} annotated calls in {:.1?}; injected: {} errors, \
          {} panics, {} deadlines, {} rollback-only marks, {} dropped calls; {} transactions ({} committed, {} rolled \
          back, {} unknown); {} rows checked, {} wrong; {} results predicted, {} wrong; pool \
          clean: {clean}, usable: {usable}",

@@ -195,7 +195,10 @@ fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: 
         _ => Mode::Never,
     };
     let suspends = |m: Mode| ctx.in_tx && matches!(m, Mode::RequiresNew | Mode::NotSupported);
-    // At most one suspended transaction per call: it holds at most two connections.
+    // At most one suspension on any path from the root: a scope holding a connection while it
+    // waits for another is then always an outer whose inner scopes, once they have theirs, wait
+    // for nothing. With four calls at a time, at most four of the pool's ten connections wait,
+    // so the rest always serve inner scopes (concurrent ones may queue for them briefly).
     if suspends(mode) && ctx.suspended {
         mode = Mode::Required;
     }
@@ -357,9 +360,9 @@ pub fn returned(log: &[Event], n: usize) -> Option<Outcome> {
 }
 
 /// The fate of the transaction scope `owner` began.
-pub fn fate(log: &[Event], owner: usize) -> Fate {
-    // It asked for the rollback itself: its end never commits.
-    if log.contains(&Event::Marked(owner)) {
+pub fn fate(call: &Call, log: &[Event], owner: usize) -> Fate {
+    // It asked for the rollback itself, or a participant marked it: its end never commits.
+    if log.contains(&Event::Marked(owner)) || marked_by_participant(call, log, owner) {
         return Fate::RolledBack;
     }
     match returned(log, owner) {
@@ -371,6 +374,17 @@ pub fn fate(log: &[Event], owner: usize) -> Fate {
         None if log.contains(&Event::BodyDone(owner, true)) => Fate::Unknown,
         None => Fate::RolledBack,
     }
+}
+
+/// Whether a scope that joined at `level`'s own level (not inside a NESTED scope, whose marks
+/// are its own) failed or called `set_rollback_only()`.
+fn marked_by_participant(call: &Call, log: &[Event], level: usize) -> bool {
+    call.nodes[level].children.iter().any(|&child| {
+        call.nodes[child].role == Role::Joins
+            && (matches!(returned(log, child), Some(Outcome::Err(_)))
+                || log.contains(&Event::Marked(child))
+                || marked_by_participant(call, log, child))
+    })
 }
 
 /// What must be true of one row.
@@ -414,7 +428,7 @@ fn walk(
         Role::Without => (None, Vec::new()),
     };
     if node.role == Role::Begins && node.before_commit && log.contains(&Event::Hooks(n)) {
-        let expect = match fate(log, n) {
+        let expect = match fate(call, log, n) {
             Fate::Committed => Expect::Present,
             Fate::RolledBack => Expect::Absent,
             Fate::Unknown => Expect::Together(n),
@@ -431,7 +445,7 @@ fn walk(
                 let kept = savepoints.iter().all(|&s| {
                     returned(log, s) == Some(Outcome::Ok) && !log.contains(&Event::Marked(s))
                 });
-                match fate(log, owner) {
+                match fate(call, log, owner) {
                     _ if !wrote || !kept => Expect::Absent,
                     Fate::Committed => Expect::Present,
                     Fate::RolledBack => Expect::Absent,
