@@ -14,14 +14,24 @@ use transactional::Propagation::*;
 use common::hook_support::observe;
 use common::{scope, AppError, AppResult, Env, Lite, Log, My, Pg, TestDb};
 
-/// Kills the server session `session` from another connection.
+/// Kills the server session `session` from another connection, and waits until it is gone.
 async fn kill<D: TestDb>(env: &Env<D>, session: i64) {
-    let sql = match D::NAME {
-        "postgres" => format!("SELECT pg_terminate_backend({session})"),
-        _ => format!("KILL {session}"),
-    };
     let mut conn = env.observer.acquire().await.unwrap();
-    D::exec(&mut conn, sql).await.unwrap();
+    if D::NAME == "postgres" {
+        // With a timeout, pg_terminate_backend returns once the backend has exited.
+        let sql = format!("SELECT pg_terminate_backend({session}, 5000)");
+        D::exec(&mut conn, sql).await.unwrap();
+        return;
+    }
+    D::exec(&mut conn, format!("KILL {session}")).await.unwrap();
+    let alive = format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {session}");
+    for _ in 0..100 {
+        if D::scalar(&mut conn, alive.clone()).await.unwrap() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{}: session {session} still alive 5 s after KILL", D::NAME);
 }
 
 /// The backend is killed while the body runs: its next statement fails, the call returns
@@ -49,7 +59,7 @@ where
     let killer = async {
         let session = session_rx.await.unwrap();
         kill(&env, session).await;
-        // The server has closed the session once the kill returns; give its socket a moment.
+        // The session is gone; give its socket's close a moment to reach the client.
         tokio::time::sleep(Duration::from_millis(50)).await;
         killed_tx.send(()).unwrap();
         Instant::now()
@@ -206,7 +216,7 @@ struct Restartable {
 }
 
 impl Restartable {
-    async fn start(upstream: u16) -> Restartable {
+    async fn start(upstream: String) -> Restartable {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
@@ -222,9 +232,9 @@ impl Restartable {
                 }
                 let mut cuts = cuts.clone();
                 cuts.mark_unchanged();
+                let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream.as_str()).await
                     else {
                         return;
                     };
@@ -247,6 +257,39 @@ impl Restartable {
     }
 }
 
+/// The server's address in `url`, and `url` pointing at `127.0.0.1:{port}` instead, without
+/// TLS (the proxy passes bytes through, but a restart test needs no TLS).
+fn through_proxy(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let default_port = if scheme.starts_with("postgres") {
+        5432
+    } else {
+        3306
+    };
+    let upstream = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
+    };
+    let user = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    let tls = if scheme.starts_with("postgres") {
+        "sslmode=disable"
+    } else {
+        "ssl-mode=disabled"
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    (
+        upstream,
+        format!("{scheme}://{user}127.0.0.1:{{port}}/{path}{sep}{tls}"),
+    )
+}
+
 /// The server restarts between two calls: the next call fails cleanly or succeeds, nothing
 /// hangs, the calls after it succeed; while it is down for longer than the acquire timeout, a
 /// call fails within that timeout.
@@ -257,21 +300,10 @@ where
     let Some(env) = Env::<D>::new("server_restart").await else {
         return;
     };
-    let upstream = match D::NAME {
-        "postgres" => 5432,
-        _ => 3306,
-    };
+    // The test's server (its URL, as every test reaches it), through the proxy.
+    let (upstream, url) = through_proxy(&D::url(std::path::Path::new(""), "server_restart"));
     let proxy = Restartable::start(upstream).await;
-    let url = match D::NAME {
-        "postgres" => format!(
-            "postgres://postgres@127.0.0.1:{}/test?sslmode=disable",
-            proxy.port
-        ),
-        _ => format!(
-            "mysql://root@127.0.0.1:{}/test?ssl-mode=disabled",
-            proxy.port
-        ),
-    };
+    let url = url.replace("{port}", &proxy.port.to_string());
     let pool = sqlx::pool::PoolOptions::<D::DB>::new()
         .max_connections(3)
         .acquire_timeout(Duration::from_secs(2))
