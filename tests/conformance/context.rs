@@ -51,7 +51,7 @@ conformance! {
             let inner: AppResult<()> = scope(RequiresNew).run(env.insert(2)).await;
             let waited = started.elapsed();
             assert!(
-                waited >= Duration::from_millis(450) && waited < Duration::from_millis(1500),
+                waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
                 "fails once the acquire timeout (500 ms) is over: {waited:?}"
             );
             let err = inner.unwrap_err();

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use transactional::Propagation::*;
 
-use crate::common::{scope, AppResult, Env, TestDb};
+use crate::common::hook_support::insert_on;
+use crate::common::{scope, AppError, AppResult, Env, TestDb};
 use crate::conformance;
 
 /// The server's id of the current transaction (PostgreSQL's `txid_current()`), or `None`
@@ -114,21 +115,35 @@ conformance! {
 
 conformance! {
     /// A task spawned from inside a transaction, with `tokio::spawn` or `spawn_local`, starts
-    /// with no transaction, whatever the scope that spawned it does.
+    /// with no transaction, whatever the scope that spawned it does: given the same pool, its
+    /// write autocommits at once and survives the spawning scope's rollback.
     async fn a_transaction_never_leaks_into_a_spawned_or_local_task(env: Env<D>) {
+        let table = env.table.clone();
+        // The spawned tasks write before the scope does: on SQLite a second writer would wait
+        // for the scope's write lock.
         let r: AppResult<()> = env.run(scope(Required).run(async {
-            env.insert(1).await?;
             assert!(transactional::is_active());
-            let spawned = tokio::spawn(async { transactional::is_active() }).await.unwrap();
-            assert!(!spawned, "tokio::spawn");
-            Ok(())
+            let (pool, table) = (env.pool.clone(), table.clone());
+            let spawned = tokio::spawn(transactional::with_data_source("default", pool, async move {
+                let active = transactional::is_active();
+                insert_on::<D>("default", &table, 2).await.map(|()| active)
+            }))
+            .await
+            .unwrap()
+            .unwrap()?;
+            assert!(!spawned, "tokio::spawn: no transaction");
+            env.insert(1).await?;
+            assert_eq!(env.ids().await, [2], "the spawned task's write autocommitted, the scope's is pending");
+            Err(AppError::Boom("roll the spawning scope back"))
         }))
         .await;
-        r.unwrap();
+        assert!(r.unwrap_err().is_boom());
+        assert_eq!(env.ids().await, [2], "the rollback took only the scope's own write");
 
         // spawn_local needs a LocalSet, on a thread of its own.
         let pool = env.pool.clone();
-        let local = std::thread::spawn(move || {
+        let local_pool = env.pool.clone();
+        let local = tokio::task::spawn_blocking(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -140,21 +155,23 @@ conformance! {
                     pool,
                     scope(Required).run(async {
                         assert!(transactional::is_active());
-                        let inside = tokio::task::spawn_local(async {
-                            (transactional::is_active(), transactional::data_source("default").is_active())
-                        })
-                        .await
-                        .unwrap();
-                        Ok::<_, crate::common::AppError>(inside)
+                        let (local_pool, local_table) = (local_pool.clone(), table.clone());
+                        let local = transactional::with_data_source("default", local_pool, async move {
+                            let active = transactional::data_source("default").is_active();
+                            insert_on::<D>("default", &local_table, 4).await.map(|()| active)
+                        });
+                        let inside = tokio::task::spawn_local(local).await.unwrap().unwrap()?;
+                        insert_on::<D>("default", &table, 3).await?;
+                        Ok::<_, AppError>(inside)
                     }),
                 )
                 .await
                 .unwrap()
-                .unwrap()
             })
         })
-        .join()
+        .await
         .unwrap();
-        assert_eq!(local, (false, false), "spawn_local");
+        assert!(!local.unwrap(), "spawn_local: no transaction");
+        assert_eq!(env.ids().await, [2, 3, 4]);
     }
 }
