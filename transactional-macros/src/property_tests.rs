@@ -282,6 +282,7 @@ fn squash(tokens: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
 
 /// Runs the macro on one case and checks the property; `Err` says how it failed.
 fn check(args: &str, item: &str, stats: &mut Stats) -> Result<(), String> {
+    let args_text = args;
     let (Ok(args), Ok(item)) = (args.parse::<TokenStream>(), item.parse::<TokenStream>()) else {
         stats.unlexable += 1;
         return Ok(());
@@ -325,11 +326,13 @@ fn check(args: &str, item: &str, stats: &mut Stats) -> Result<(), String> {
     let [syn::Item::Fn(output)] = &file.items[..] else {
         return Err(format!("expanded into something else than one fn:\n{text}"));
     };
-    // The signature as a caller sees it: `retry` drops a parameter's `mut` (each attempt's
-    // clone is the binding the body mutates), which changes nothing outside the fn.
+    // The signature as written; with `retry`, as a caller sees it: `retry` drops a
+    // parameter's `mut` (each attempt's clone is the binding the body mutates), which changes
+    // nothing outside the fn.
+    let retrying = args_text.contains("retry");
     let parts = |f: &syn::ItemFn| {
         let mut sig = f.sig.clone();
-        for input in sig.inputs.iter_mut() {
+        for input in sig.inputs.iter_mut().filter(|_| retrying) {
             if let syn::FnArg::Typed(arg) = input {
                 if let syn::Pat::Ident(ident) = &mut *arg.pat {
                     ident.mutability = None;

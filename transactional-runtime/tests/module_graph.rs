@@ -1,6 +1,7 @@
 //! The runtime's modules import one way, in the direction the data flows
 //! (docs/ARCHITECTURE.md, "Modules"): this reads every `crate::<module>` reference in `src/`
-//! (imports, paths and doc links alike) and fails on a cycle between top-level modules.
+//! (imports, paths and doc links alike) and fails on a cycle between top-level modules, and on
+//! an import from a layer below (the layers are the groups of `mod` lines in `lib.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -32,21 +33,62 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// Every `crate::name` in `source` where `name` is one of `modules`.
+/// Every `crate::name` in `source` where `name` is one of `modules`, grouped imports
+/// (`crate::{a, b::c}`) included.
 fn references(source: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let mut rest = source;
     while let Some(at) = rest.find("crate::") {
         rest = &rest[at + "crate::".len()..];
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if modules.contains(&name) {
-            found.insert(name);
+        let names: Vec<&str> = match rest.strip_prefix('{') {
+            Some(group) => {
+                // The names at the group's top level: depth 0 between its braces.
+                let mut depth = 0;
+                let end = group
+                    .find(|c| {
+                        match c {
+                            '{' => depth += 1,
+                            '}' if depth == 0 => return true,
+                            '}' => depth -= 1,
+                            _ => {}
+                        }
+                        false
+                    })
+                    .unwrap_or(group.len());
+                let mut depth = 0;
+                group[..end]
+                    .split(|c| {
+                        match c {
+                            '{' => depth += 1,
+                            '}' => depth -= 1,
+                            ',' if depth == 0 => return true,
+                            _ => {}
+                        }
+                        false
+                    })
+                    .collect()
+            }
+            None => vec![rest],
+        };
+        for name in names {
+            let name: String = name
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if modules.contains(&name) {
+                found.insert(name);
+            }
         }
     }
     found
+}
+
+#[test]
+fn grouped_imports_are_read() {
+    let modules: BTreeSet<String> = ["api", "scope", "error"].map(String::from).into();
+    let found = references("use crate::{api::x, scope::{a, b}, other};", &modules);
+    assert_eq!(found, ["api", "scope"].map(String::from).into());
 }
 
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
