@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use transactional::transactional;
 
 use common::{poll_at_most, AppError, AppResult, Env, Lite, Log, My, Pg, TestDb};
-use model::{Call, End, Event, Kind, Mode, Outcome, Rng, Role};
+use model::{Call, End, Event, HookFate, Kind, Mode, Outcome, Rng, Role};
 
 const INJECTED_PANIC: &str = "soak: injected panic";
 const DEFAULT_SEED: u64 = 0x5EED_2026_1125;
@@ -151,7 +151,7 @@ fn body<D: TestDb>(run: Arc<Run<D>>, n: usize) -> Scope {
     Box::pin(async move {
         let node = run.call.nodes[n].clone();
         run.event(Event::Entered(n));
-        if node.role == Role::Begins {
+        if node.hooks {
             run.hooks.record(&run.tag(n)).await;
             if node.before_commit {
                 let sql = format!(
@@ -389,14 +389,20 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Hooks that will run for sure (not those of a rolled-back or cut savepoint).
     let registered: Vec<String> = finished
         .iter()
         .flat_map(|f| {
             let log = f.run.log.lock().unwrap().clone();
-            log.into_iter().filter_map(move |e| match e {
-                Event::Hooks(n) => Some(f.run.tag(n)),
-                _ => None,
-            })
+            let sure = |n| matches!(model::hook_fate(&f.run.call, &log, n), HookFate::With(_));
+            let tags: Vec<String> = log
+                .iter()
+                .filter_map(|e| match *e {
+                    Event::Hooks(n) if sure(n) => Some(f.run.tag(n)),
+                    _ => None,
+                })
+                .collect();
+            tags
         })
         .collect();
     env.eventually("every transaction's hooks have run", || async {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::common::{Env, Log, TestDb};
-use crate::model::{self, Call, Event, Expect, Fate, Kind, Outcome};
+use crate::model::{self, Call, Event, Expect, Fate, HookFate, Kind, Outcome};
 use crate::Finished;
 
 /// What the checks found.
@@ -123,36 +123,50 @@ where
             }
         }
 
-        // Hooks: each transaction's match its fate (and its rows, when its fate is unknown).
+        // Hooks: each scope's match the fate of the transaction they went with (and its rows,
+        // when its fate is unknown), or none ran, for those of a rolled-back savepoint.
         for e in &log {
-            let Event::Hooks(owner) = *e else { continue };
+            let Event::Hooks(n) = *e else { continue };
+            let seen = hooks.get(&f.run.tag(n)).cloned().unwrap_or_default();
+            let (owner, may_be_discarded) = match model::hook_fate(call, &log, n) {
+                HookFate::With(owner) => (owner, false),
+                HookFate::Either(owner) => (owner, true),
+                HookFate::Discarded => {
+                    if !seen.is_empty() {
+                        report.fail(call, &log, format!("hooks of scope {n} ran, though its savepoint was rolled back: {seen:?}"));
+                    }
+                    continue;
+                }
+            };
             let fate = model::fate(call, &log, owner);
-            let seen = hooks.get(&f.run.tag(owner)).cloned().unwrap_or_default();
             let committed = seen == ["after_commit", "after_completion Committed"];
             let rolled_back = seen.len() == 2
                 && seen[0].starts_with("after_rollback")
                 && seen[1] == "after_completion RolledBack";
             let unknown = seen == ["after_completion Unknown"];
             let rows_say = groups.get(&owner).and_then(|m| m.first().copied());
-            let ok = match fate {
-                Fate::Committed => committed,
-                Fate::RolledBack => rolled_back,
-                Fate::Unknown => {
-                    (committed && rows_say != Some(false))
-                        || (rolled_back && rows_say != Some(true))
-                        || unknown
+            let ok = (may_be_discarded && seen.is_empty())
+                || match fate {
+                    Fate::Committed => committed,
+                    Fate::RolledBack => rolled_back,
+                    Fate::Unknown => {
+                        (committed && rows_say != Some(false))
+                            || (rolled_back && rows_say != Some(true))
+                            || unknown
+                    }
+                };
+            if n == owner {
+                match fate {
+                    Fate::Committed => report.committed += 1,
+                    Fate::RolledBack => report.rolled_back += 1,
+                    Fate::Unknown => report.unknown += 1,
                 }
-            };
-            match fate {
-                Fate::Committed => report.committed += 1,
-                Fate::RolledBack => report.rolled_back += 1,
-                Fate::Unknown => report.unknown += 1,
             }
             if !ok {
                 report.fail(
                     call,
                     &log,
-                    format!("hooks of scope {owner} ({fate:?}): {seen:?}"),
+                    format!("hooks of scope {n} ({fate:?} with scope {owner}): {seen:?}"),
                 );
             }
         }

@@ -89,6 +89,9 @@ pub struct Node {
     pub propagate: bool,
     /// Calls `set_rollback_only()` once its children are done.
     pub mark: bool,
+    /// Registers after-* hooks (always, on a scope that begins; sometimes on a joined or
+    /// NESTED one: theirs go with the level they were registered at).
+    pub hooks: bool,
     /// Registers a before-commit hook that writes row `id + 32` (only a scope that begins).
     pub before_commit: bool,
     pub end: End,
@@ -230,6 +233,8 @@ fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: 
         concurrent: false,
         propagate: rng.chance(50),
         mark: role != Role::Refused && rng.chance(8),
+        hooks: role == Role::Begins
+            || (matches!(role, Role::Joins | Role::Nests) && rng.chance(40)),
         before_commit: role == Role::Begins && may_write && rng.chance(30),
         end,
     });
@@ -388,6 +393,66 @@ fn marked_by_participant(call: &Call, log: &[Event], level: usize) -> bool {
                 || log.contains(&Event::Marked(child))
                 || marked_by_participant(call, log, child))
     })
+}
+
+/// Where the hooks a scope registered go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookFate {
+    /// They run with the fate of the transaction this owner began.
+    With(usize),
+    /// A savepoint between them and the transaction was rolled back to: discarded.
+    Discarded,
+    /// A savepoint between them was cut before it returned: discarded, or run with the fate
+    /// of this owner's transaction (its RELEASE was in flight).
+    Either(usize),
+}
+
+/// The transaction (its owner) and the NESTED scopes inside it, innermost last, around scope
+/// `n` (itself included); `None` outside a transaction.
+fn place(call: &Call, n: usize) -> Option<(usize, Vec<usize>)> {
+    fn find(
+        call: &Call,
+        at: usize,
+        around: Option<(usize, Vec<usize>)>,
+        n: usize,
+    ) -> Option<Option<(usize, Vec<usize>)>> {
+        let node = &call.nodes[at];
+        let here = match node.role {
+            Role::Begins => Some((at, Vec::new())),
+            Role::Joins | Role::Refused => around,
+            Role::Nests => around.map(|(owner, mut savepoints)| {
+                savepoints.push(at);
+                (owner, savepoints)
+            }),
+            Role::Without => None,
+        };
+        if at == n {
+            return Some(here);
+        }
+        node.children
+            .iter()
+            .find_map(|&child| find(call, child, here.clone(), n))
+    }
+    find(call, 0, None, n).flatten()
+}
+
+/// Where the after-* hooks scope `n` registered go (docs/SEMANTICS.md, "Hooks": a released
+/// savepoint's move to the enclosing level, a rolled-back one's are discarded).
+pub fn hook_fate(call: &Call, log: &[Event], n: usize) -> HookFate {
+    let (owner, savepoints) = place(call, n).expect("hooks are registered inside a transaction");
+    let mut cut = false;
+    for &s in &savepoints {
+        match returned(log, s) {
+            Some(Outcome::Ok) if !log.contains(&Event::Marked(s)) => {}
+            Some(_) => return HookFate::Discarded,
+            None => cut = true,
+        }
+    }
+    if cut {
+        HookFate::Either(owner)
+    } else {
+        HookFate::With(owner)
+    }
 }
 
 /// What must be true of one row.
