@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use transactional::transactional;
 
 use common::{poll_at_most, AppError, AppResult, Env, Lite, Log, My, Pg, TestDb};
-use model::{Call, End, Event, HookFate, Kind, Mode, Outcome, Rng, Role};
+use model::{Call, End, Event, HookFate, Kind, Mode, Outcome, Rng};
 
 const INJECTED_PANIC: &str = "soak: injected panic";
 const DEFAULT_SEED: u64 = 0x5EED_2026_1125;
