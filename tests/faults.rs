@@ -181,30 +181,24 @@ where
     }
 }
 
+/// A foreign key checked only at COMMIT (PostgreSQL and SQLite have them; MariaDB does not).
+const DEFERRED_FK: &[&str] = &[
+    "CREATE TABLE {t}_parent (id BIGINT PRIMARY KEY)",
+    "CREATE TABLE {t}_child (id BIGINT, parent BIGINT REFERENCES {t}_parent (id) \
+     DEFERRABLE INITIALLY DEFERRED)",
+];
+
+/// A child without its parent: accepted now, refused at COMMIT.
+const ORPHAN: &[&str] = &["INSERT INTO {t}_child (id, parent) VALUES (1, 42)"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_refused_by_a_deferred_constraint_postgres() {
-    commit_refused::<Pg>(
-        &[
-            "CREATE TABLE {t}_parent (id BIGINT PRIMARY KEY)",
-            "CREATE TABLE {t}_child (id BIGINT, parent BIGINT REFERENCES {t}_parent (id) \
-             DEFERRABLE INITIALLY DEFERRED)",
-        ],
-        &["INSERT INTO {t}_child (id, parent) VALUES (1, 42)"],
-    )
-    .await;
+    commit_refused::<Pg>(DEFERRED_FK, ORPHAN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_refused_by_a_deferred_constraint_sqlite() {
-    commit_refused::<Lite>(
-        &[
-            "CREATE TABLE {t}_parent (id BIGINT PRIMARY KEY)",
-            "CREATE TABLE {t}_child (id BIGINT, parent BIGINT REFERENCES {t}_parent (id) \
-             DEFERRABLE INITIALLY DEFERRED)",
-        ],
-        &["INSERT INTO {t}_child (id, parent) VALUES (1, 42)"],
-    )
-    .await;
+    commit_refused::<Lite>(DEFERRED_FK, ORPHAN).await;
 }
 
 /// A TCP proxy in front of the server that can "restart" it: cut every connection and refuse

@@ -166,6 +166,12 @@ impl Service {
         request.send().await
     }
 
+    /// GETs `path` and reads its JSON body.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
     /// The committed titles, seen from a connection of its own.
     async fn titles(&self) -> Vec<String> {
         sqlx::query_scalar("SELECT title FROM todos ORDER BY id")
@@ -177,15 +183,7 @@ impl Service {
     /// Waits until no transaction of the service holds a connection or waits for one.
     async fn settled(&self) {
         for _ in 0..200 {
-            let health: serde_json::Value = self
-                .client
-                .get(self.url("/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let health: serde_json::Value = self.get_json("/health").await;
             let busy = health["data_sources"]
                 .as_array()
                 .unwrap()
@@ -226,15 +224,7 @@ async fn scenarios(name: &str, todos_url: &str, audit_url: &str) {
         .unwrap();
     assert_eq!(duplicate.status(), StatusCode::CONFLICT, "{name}");
     assert_eq!(service.titles().await, ["milk"], "{name}");
-    let audit: Vec<String> = service
-        .client
-        .get(service.url("/audit"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Vec<String> = service.get_json("/audit").await;
     assert_eq!(audit, [r#"create "milk""#, r#"create "milk""#], "{name}");
 
     // An error status after a write rolls it back, and the hooks say so.
