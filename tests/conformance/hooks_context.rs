@@ -100,6 +100,52 @@ conformance! {
     }
 }
 
+conformance! {
+    /// A hook whose closure panics before it returns its future is the same to the rules as
+    /// one whose future panics: logged, the later hooks run, the outcome stands (a commit, a
+    /// rollback, or work outside a transaction), and the caller sees no panic.
+    async fn a_hook_closure_that_panics_before_its_future_changes_nothing(env: Env<D>) {
+        let capture = Capture::default();
+        let _subscriber = capture.subscribe();
+        for fails in [false, true] {
+            let log = Log::default();
+            let l = log.clone();
+            let r: AppResult<()> = env.run(scope(Required).run(async {
+                env.insert(if fails { 2 } else { 1 }).await?;
+                transactional::after_commit(|| { panics("closure of after_commit"); std::future::ready(()) }).await;
+                transactional::after_rollback(|_| { panics("closure of after_rollback"); std::future::ready(()) }).await;
+                transactional::after_completion(|_| { panics("closure of after_completion"); std::future::ready(()) }).await;
+                let (l1, l2, l3) = (l.clone(), l.clone(), l.clone());
+                transactional::after_commit(move || async move { l1.push("after_commit") }).await;
+                transactional::after_rollback(move |c| async move { l2.push(format!("after_rollback {c:?}")) }).await;
+                transactional::after_completion(move |o| async move { l3.push(format!("after_completion {o:?}")) }).await;
+                if fails { Err(AppError::Boom("roll back")) } else { Ok(()) }
+            })).await;
+            if fails {
+                assert!(r.unwrap_err().is_boom());
+                assert_eq!(log.events(), ["after_rollback Error", "after_completion RolledBack"]);
+            } else {
+                r.unwrap();
+                assert_eq!(log.events(), ["after_commit", "after_completion Committed"]);
+            }
+        }
+        assert_eq!(env.ids().await, [1], "the commit stands, the rollback too");
+        // Outside a transaction the hooks run at once: the registering call does not panic.
+        let log = Log::default();
+        let l = log.clone();
+        env.run(async move {
+            transactional::after_commit(|| { panics("closure outside"); std::future::ready(()) }).await;
+            transactional::after_commit(move || async move { l.push("after_commit outside") }).await;
+        }).await;
+        assert_eq!(log.events(), ["after_commit outside"]);
+        let logged = capture.text();
+        for hook in ["closure of after_commit", "closure of after_rollback", "closure of after_completion", "closure outside"] {
+            assert!(logged.contains(hook), "{hook} is logged: {logged}");
+        }
+        assert!(env.pool_is_clean().await);
+    }
+}
+
 // ---- Rule 10: outside any transaction -------------------------------------------------------
 
 conformance! {

@@ -145,8 +145,8 @@ impl Hook {
     {
         Hook::AfterCommit(Box::new(move || {
             Box::pin(async move {
-                let run: After = Box::pin(f().map(HookResult::into_error));
-                let logged = run_logged(run, "after_commit_detached", "detached");
+                let make = move || -> After { Box::pin(f().map(HookResult::into_error)) };
+                let logged = run_made(Box::new(make), "after_commit_detached", "detached");
                 tokio::spawn(tracing::Instrument::in_current_span(logged));
                 None
             })
@@ -259,9 +259,9 @@ pub(crate) async fn run_after(
     let mut completion = Vec::new();
     for hook in hooks {
         let kind = hook.kind();
-        let run = match (hook, ending) {
-            (Hook::AfterCommit(f), Ending::Committed) => f(),
-            (Hook::AfterRollback(f), Ending::RolledBack(cause)) => f(cause),
+        let make: Box<dyn FnOnce() -> After + Send> = match (hook, ending) {
+            (Hook::AfterCommit(f), Ending::Committed) => f,
+            (Hook::AfterRollback(f), Ending::RolledBack(cause)) => Box::new(move || f(cause)),
             (Hook::AfterCompletion(f), _) => {
                 completion.push(f);
                 continue;
@@ -269,11 +269,20 @@ pub(crate) async fn run_after(
             _ => continue,
         };
         ran(kind);
-        run_logged(run, kind, scope).await;
+        run_made(make, kind, scope).await;
     }
     for f in completion {
         ran("after_completion");
-        run_logged(f(outcome), "after_completion", scope).await;
+        run_made(Box::new(move || f(outcome)), "after_completion", scope).await;
+    }
+}
+
+/// Makes a hook's future and runs it: a panic of the hook's closure (before it returns its
+/// future) is the same to the rules as one of the future, logged like it.
+async fn run_made(make: Box<dyn FnOnce() -> After + Send + '_>, kind: &'static str, scope: &str) {
+    match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+        Ok(run) => run_logged(run, kind, scope).await,
+        Err(panic) => log_panic(&*panic, kind, scope),
     }
 }
 
@@ -283,11 +292,13 @@ async fn run_logged(run: After, kind: &'static str, scope: &str) {
         Ok(Some(error)) => {
             tracing::error!(target: "transactional", scope, hook = kind, %error, "transaction hook failed");
         }
-        Err(panic) => {
-            let message = panic_message(&*panic);
-            tracing::error!(target: "transactional", scope, hook = kind, panic = %message, "transaction hook panicked");
-        }
+        Err(panic) => log_panic(&*panic, kind, scope),
     }
+}
+
+fn log_panic(panic: &(dyn std::any::Any + Send), kind: &'static str, scope: &str) {
+    let message = panic_message(panic);
+    tracing::error!(target: "transactional", scope, hook = kind, panic = %message, "transaction hook panicked");
 }
 
 /// The message a panic was raised with.
