@@ -294,6 +294,24 @@ async fn capture_after_commit_hands_the_hooks_to_the_test() {
     assert_eq!(ran.load(Ordering::SeqCst), 1);
 }
 
+/// Where transactions are mocked out as rolling back, production would run no after-commit
+/// hook: none is captured.
+#[tokio::test]
+async fn capture_after_commit_captures_nothing_where_transactions_roll_back() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (result, hooks) = testing::capture_after_commit(testing::mocked_with(
+        MockOutcome::Rollback,
+        place_order(true, ran.clone()),
+    ))
+    .await;
+    assert_eq!(result.unwrap(), 42);
+    assert!(hooks.is_empty(), "{hooks:?}");
+    let (_, hooks) =
+        testing::capture_after_commit(testing::mocked(place_order(true, ran.clone()))).await;
+    assert_eq!(hooks.len(), 1, "as if committed: captured");
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
+
 // ---- rollback after the test, on real databases ----------------------------------------------
 
 async fn rollback_after_leaves_the_database_clean<D: common::TestDb>()

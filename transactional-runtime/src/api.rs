@@ -267,15 +267,9 @@ where
 /// out); `None` when the transaction took it, or a `testing::capture_after_commit` did.
 fn register_hook(data_source: &str, hook: Hook) -> Option<(Hook, Ending)> {
     let ctx = Context::current();
-    if let (Some(sink), Hook::AfterCommit(_)) = (ctx.capture(), &hook) {
-        sink.lock().unwrap_or_else(|e| e.into_inner()).push(hook);
-        return None;
-    }
-    if let Mode::Mocked(ending) = ctx.mode() {
-        return Some((hook, ending));
-    }
-    match ctx.frame(data_source) {
-        Some(frame) if !frame.level.is_ended() => {
+    let ending = match (ctx.mode(), ctx.frame(data_source)) {
+        (Mode::Mocked(ending), _) => ending,
+        (Mode::Real, Some(frame)) if !frame.level.is_ended() => {
             let kind = hook.kind();
             frame.level.hooks.push(hook);
             frame.tx().data_source.emit(
@@ -283,10 +277,16 @@ fn register_hook(data_source: &str, hook: Hook) -> Option<(Hook, Ending)> {
                 &tracing::Span::current(),
                 EventKind::HookRegistered { hook: kind },
             );
-            None
+            return None;
         }
-        _ => Some((hook, Ending::Committed)),
+        (Mode::Real, _) => Ending::Committed,
+    };
+    // No transaction to wait for: it runs at once, unless a test captures it.
+    if let (Some(sink), Hook::AfterCommit(_), Ending::Committed) = (ctx.capture(), &hook, ending) {
+        sink.lock().unwrap_or_else(|e| e.into_inner()).push(hook);
+        return None;
     }
+    Some((hook, ending))
 }
 
 async fn run_before_commit_now(unattached: Option<(Hook, Ending)>) -> Result<(), Error> {

@@ -210,6 +210,16 @@ impl HookList {
         std::mem::take(&mut *self.lock())
     }
 
+    /// Takes the after-commit hooks out, leaving the others.
+    pub(crate) fn take_after_commit(&self) -> Vec<Hook> {
+        let mut hooks = self.lock();
+        let (after_commit, rest) = std::mem::take(&mut *hooks)
+            .into_iter()
+            .partition(|hook| matches!(hook, Hook::AfterCommit(_)));
+        *hooks = rest;
+        after_commit
+    }
+
     fn take_first_before_commit(&self) -> Option<Hook> {
         let mut hooks = self.lock();
         let at = hooks

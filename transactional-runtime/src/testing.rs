@@ -115,9 +115,16 @@ impl std::fmt::Debug for CapturedHooks {
     }
 }
 
-/// Runs `fut`, taking every after-commit hook it registers out of its transaction and handing
-/// them to the test (Django's `captureOnCommitCallbacks`): they do not run by themselves, so
-/// the test can assert how many there are, and run them with [`CapturedHooks::run`].
+/// Runs `fut`, handing the test the after-commit hooks that production would run, instead of
+/// running them (Django's `captureOnCommitCallbacks`): the test can assert how many there are,
+/// and run them with [`CapturedHooks::run`].
+///
+/// A hook is captured where production runs it: when its transaction commits, or at once
+/// outside a transaction (or where transactions are [`mocked`] as committing). Hooks of a
+/// transaction or savepoint that rolls back are discarded, as in production. Under
+/// [`rollback_after`] a scope that would begin its own transaction gets a savepoint: its
+/// after-commit hooks are captured when that savepoint is released, where production would
+/// commit.
 pub async fn capture_after_commit<F: Future>(fut: F) -> (F::Output, CapturedHooks) {
     let sink: Arc<HookSink> = Arc::default();
     let output = Context::current()

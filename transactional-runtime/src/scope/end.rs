@@ -503,6 +503,9 @@ impl End {
         let error = match ended {
             SavepointEnd::Done if release => {
                 self.emit(EventKind::SavepointReleased { savepoint });
+                if frame.stands_for_commit {
+                    self.capture_after_commit(level);
+                }
                 level.hooks.move_into(&parent.hooks);
                 return Report::default();
             }

@@ -102,7 +102,9 @@ impl Running {
         };
         let current = outer.frame(&options.data_source).cloned();
         let mut decision = decide(options.propagation, current.is_some());
-        if decision == Decision::Join && current.as_ref().is_some_and(|f| f.test_root) {
+        let stands_for_commit =
+            decision == Decision::Join && current.as_ref().is_some_and(|f| f.test_root);
+        if stands_for_commit {
             // Inside `testing::rollback_after`, a scope that would begin a transaction of its
             // own in production gets a savepoint, so its failure undoes only its own work.
             decision = Decision::Nest;
@@ -178,13 +180,14 @@ impl Running {
                 emit(EventKind::Nested {
                     savepoint: level.savepoint.clone().unwrap_or_default(),
                 });
-                let frame = Frame::new(
+                let mut frame = Frame::new(
                     level,
                     Role::Savepoint,
                     options.clone(),
                     Some(current),
                     deadline,
                 );
+                frame.stands_for_commit = stands_for_commit;
                 What::Tx {
                     frame: Arc::new(frame),
                     suspended: false,

@@ -108,6 +108,9 @@ pub(crate) struct Frame {
     /// The frame of `testing::rollback_after`: a scope that would join it takes a savepoint
     /// instead, as if it began a transaction of its own.
     pub(crate) test_root: bool,
+    /// A savepoint of `testing::rollback_after` standing in for a transaction the scope would
+    /// begin in production: its release is where production would commit.
+    pub(crate) stands_for_commit: bool,
     local_rollback_only: AtomicBool,
 }
 
@@ -126,6 +129,7 @@ impl Frame {
             parent,
             deadline,
             test_root: false,
+            stands_for_commit: false,
             local_rollback_only: AtomicBool::new(false),
         }
     }

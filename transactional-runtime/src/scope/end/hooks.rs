@@ -59,6 +59,9 @@ impl End {
     /// data source, in the context the scope was called from (with no transaction at all when
     /// the end finishes on a task of its own, after the caller has moved on).
     pub(super) async fn after(&self, level: &Level, ending: Ending) {
+        if let Ending::Committed = ending {
+            self.capture_after_commit(level);
+        }
         let hooks = level.hooks.take();
         if hooks.is_empty() {
             return;
@@ -73,6 +76,18 @@ impl End {
         let ran = |hook| data_source.emit(&self.options, &self.span, EventKind::HookRan { hook });
         ctx.scope(run_after(hooks, ending, &self.options.name, &ran))
             .await;
+    }
+}
+
+impl End {
+    /// Under `testing::capture_after_commit`, hands `level`'s after-commit hooks to the test
+    /// instead of running them: called where production runs them (a commit), or would (the
+    /// release of a savepoint that stands for a transaction under `testing::rollback_after`).
+    pub(super) fn capture_after_commit(&self, level: &Level) {
+        if let Some(sink) = self.outer.capture() {
+            let hooks = level.hooks.take_after_commit();
+            sink.lock().unwrap_or_else(|e| e.into_inner()).extend(hooks);
+        }
     }
 }
 
