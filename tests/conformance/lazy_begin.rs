@@ -85,3 +85,37 @@ conformance! {
         assert!(env.pool_is_clean().await);
     }
 }
+
+conformance! {
+    /// The body gives up waiting for its first connection (the pool is exhausted) and
+    /// returns: the scope ends at once, with nothing sent, instead of waiting for the acquire
+    /// it abandoned (the pool's acquire timeout, 3 s here) — within its deadline when it has
+    /// one. The connection the abandoned acquire gets later goes straight back to the pool.
+    async fn a_scope_does_not_wait_for_an_acquire_its_body_abandoned(env: Env<D>, pool(1, Duration::from_secs(3))) {
+        let held = env.raw().await;
+        for timeout in [None, Some(Duration::from_millis(500))] {
+            let log = Log::default();
+            let tx = match timeout {
+                Some(t) => scope(Required).timeout(t),
+                None => scope(Required),
+            };
+            let started = Instant::now();
+            let r: AppResult<()> = env.run(tx.run(async {
+                log.record("scope").await;
+                let gave_up = tokio::time::timeout(Duration::from_millis(50), env.insert(1)).await;
+                assert!(gave_up.is_err(), "the pool's only connection is held");
+                Ok(())
+            })).await;
+            let took = started.elapsed();
+            r.unwrap();
+            assert!(took < Duration::from_millis(450), "{timeout:?}: the scope took {took:?}");
+            assert_eq!(log.of("scope"), ["after_commit", "after_completion Committed"], "nothing was begun: it commits nothing");
+        }
+        drop(held);
+        env.eventually("the pool is idle and clean", || async { env.pool_is_idle() && env.pool_is_clean().await }).await;
+        assert!(env.ids().await.is_empty());
+        let r: AppResult<()> = env.run(scope(Required).run(env.insert(2))).await;
+        r.unwrap();
+        assert_eq!(env.ids().await, [2]);
+    }
+}

@@ -59,7 +59,7 @@ impl Transaction {
                     return Some(None);
                 };
                 match &st.slot {
-                    Slot::Busy => None,
+                    Slot::Busy | Slot::Acquiring => None,
                     Slot::Lent(holder) if holder.is_within(frame) => {
                         st.savepoints[at].abandoned = true;
                         Some(Some(Err(())))
@@ -168,8 +168,10 @@ impl Transaction {
             .when_settled(|st| match std::mem::replace(&mut st.slot, Slot::Busy) {
                 Slot::Busy => None,
                 Slot::Idle(conn) => Some(Ok(Some(conn))),
-                Slot::Empty => {
-                    st.slot = Slot::Empty;
+                // Nothing was begun; a connection still on its way is sent back by whoever
+                // awaits it (see `lend`).
+                empty @ (Slot::Empty | Slot::Acquiring) => {
+                    st.slot = empty;
                     Some(Ok(None))
                 }
                 lent @ Slot::Lent(_) => {

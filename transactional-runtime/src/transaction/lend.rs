@@ -56,15 +56,17 @@ impl Transaction {
     }
 
     fn busy(&self, waited: Duration) -> Error {
-        let nested = matches!(self.lock().slot, Slot::Idle(_) | Slot::Empty);
+        let reason = match self.lock().slot {
+            Slot::Idle(_) | Slot::Empty => {
+                "a concurrent NESTED scope of this transaction kept its savepoint open"
+            }
+            Slot::Acquiring => "the transaction's first connection is still awaited from the pool",
+            Slot::Lent(_) | Slot::Busy => "a connection guard of this transaction is still held",
+        };
         Error::ConnectionBusy {
             data_source: self.data_source.name.to_string(),
             waited,
-            reason: if nested {
-                "a concurrent NESTED scope of this transaction kept its savepoint open"
-            } else {
-                "a connection guard of this transaction is still held"
-            },
+            reason,
         }
     }
 
@@ -87,7 +89,7 @@ impl Transaction {
             return Ok(None);
         }
         match st.slot {
-            Slot::Lent(_) | Slot::Busy => return Ok(None),
+            Slot::Lent(_) | Slot::Busy | Slot::Acquiring => return Ok(None),
             Slot::Empty if st.begun => return Err(Error::TransactionFinished),
             Slot::Empty | Slot::Idle(_) => {}
         }
@@ -113,7 +115,10 @@ impl Transaction {
         }
         let conn = match std::mem::replace(&mut st.slot, Slot::Busy) {
             Slot::Idle(conn) => Some(conn),
-            _ => None,
+            _ => {
+                st.slot = Slot::Acquiring;
+                None
+            }
         };
         let needs_work = plan.begin
             || plan.settle
@@ -152,6 +157,17 @@ impl Transaction {
             None => match counted_wait(&ds.usage, ds.source.acquire()).await {
                 Ok(mut conn) => {
                     conn.count_as(Counted::transaction(&ds.usage));
+                    let mut st = self.lock();
+                    if self.is_ended() {
+                        // The transaction ended while this waited (its body gave up on the
+                        // connection): nothing was sent, and the connection, clean, goes
+                        // back to the pool as it is dropped.
+                        st.slot = Slot::Empty;
+                        drop(st);
+                        self.changed.notify_waiters();
+                        return Err(Error::TransactionFinished);
+                    }
+                    st.slot = Slot::Busy;
                     conn
                 }
                 Err(source) => {

@@ -85,6 +85,10 @@ enum Slot {
     Lent(Arc<Frame>),
     /// A control statement runs on it.
     Busy,
+    /// Not begun yet: its first connection is being taken from the pool. Nothing has been
+    /// sent, so the transaction can end without waiting for it; a connection that arrives
+    /// after the end goes straight back to the pool.
+    Acquiring,
 }
 
 struct Open {
