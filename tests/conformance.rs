@@ -3,8 +3,6 @@
 
 mod common;
 
-#[path = "conformance/aborted.rs"]
-mod aborted;
 #[path = "conformance/cancellation.rs"]
 mod cancellation;
 #[path = "conformance/concurrency.rs"]
@@ -17,6 +15,8 @@ mod deadlines;
 mod hooks;
 #[path = "conformance/hooks_context.rs"]
 mod hooks_context;
+#[path = "conformance/implicit_commit.rs"]
+mod implicit_commit;
 #[path = "conformance/isolation.rs"]
 mod isolation;
 #[path = "conformance/lazy_begin.rs"]
@@ -35,3 +35,5 @@ mod retry;
 mod rollback;
 #[path = "conformance/rollback_after.rs"]
 mod rollback_after;
+#[path = "conformance/underneath.rs"]
+mod underneath;

@@ -115,16 +115,23 @@ mod fake {
         use super::{record, Error, Transactional};
         use std::future::Future;
 
-        // How the expansion puts an error in words: the runtime's own.
-        pub use transactional::__private::{Text, ViaDisplay, ViaNothing};
+        // How the expansion reads an error: the runtime's own.
+        pub use transactional::__private::{
+            Facts, Inspect, ViaDisplay, ViaDynError, ViaError, ViaNothing, ViaSendSyncDynError,
+        };
 
-        pub type Describe<R> = fn(&R) -> Option<String>;
+        pub type Describe<R> = fn(&R, bool) -> Option<Facts>;
 
-        /// Records how the expansion put an error in words.
+        /// Records how the expansion read an error: its words, and the database's error in it.
         async fn described<R>(describe: Option<Describe<R>>, out: impl Future<Output = R>) -> R {
             let out = out.await;
-            if let Some(text) = describe.and_then(|describe| describe(&out)) {
-                record(format!("described({text})"));
+            if let Some(facts) = describe.and_then(|describe| describe(&out, true)) {
+                if let Some(text) = facts.text() {
+                    record(format!("described({text})"));
+                }
+                if let Some(database) = facts.database_error() {
+                    record(format!("database({database})"));
+                }
             }
             out
         }

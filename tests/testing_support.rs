@@ -194,14 +194,18 @@ async fn recording_mock_shows_savepoints() {
     assert_eq!(
         mock.statements(),
         [
-            // A savepoint that a deadlock's rollback would take with it: COMMIT checks it.
-            "START TRANSACTION",
+            // Autocommit off, so that nothing the server runs after ending the transaction
+            // commits on its own; a savepoint that a deadlock's rollback (or an implicit
+            // commit) would take with it: COMMIT checks it, and the session gets autocommit
+            // back in the same round trip.
+            "SET autocommit = 0",
             "SAVEPOINT transactional_open",
             "SAVEPOINT tx_sp_1",
             "ROLLBACK TO SAVEPOINT tx_sp_1",
             "RELEASE SAVEPOINT tx_sp_1",
             "RELEASE SAVEPOINT transactional_open",
-            "COMMIT"
+            "COMMIT",
+            "SET autocommit = 1"
         ]
     );
     let mock = MockDataSource::new(Dialect::Sqlite);

@@ -13,6 +13,7 @@
 #![allow(clippy::manual_async_fn)]
 
 pub mod hook_support;
+pub mod underneath;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -169,7 +170,8 @@ where
         Some(env)
     }
 
-    async fn observe(&self, sql: String) {
+    /// Runs a statement on the observer connection (outside the library).
+    pub async fn observe(&self, sql: String) {
         let mut conn = self.observer.acquire().await.expect("observer");
         D::exec(&mut conn, sql).await.expect("observer statement");
     }
@@ -330,11 +332,14 @@ where
 impl<D: TestDb> Drop for Env<D> {
     fn drop(&mut self) {
         let observer = self.observer.clone();
-        let sql = format!("DROP TABLE IF EXISTS {}", self.table);
+        // `_lk`: the lock table of `underneath::ended_by_the_database`.
+        let tables = [self.table.clone(), format!("{}_lk", self.table)];
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Ok(mut conn) = observer.acquire().await {
-                    let _ = D::exec(&mut conn, sql).await;
+                    for table in tables {
+                        let _ = D::exec(&mut conn, format!("DROP TABLE IF EXISTS {table}")).await;
+                    }
                 }
             });
         }

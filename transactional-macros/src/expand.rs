@@ -266,8 +266,10 @@ fn retrying(
 }
 
 /// For a return type that reads as a `Result` (`Result<T, E>`, `io::Result<T>`, an alias
-/// `AppResult<T>`): a way to put the error in words for the log line of the rollback it
-/// causes, its `Display` when it has one. Nothing for other return types (the runtime's
+/// `AppResult<T>`): a way to read the error, as well as its type allows (the runtime's
+/// `__private::Inspect`): its words for the log line of the rollback it causes, and the
+/// database's error in its `source()` chain, which tells the runtime whether the database
+/// rolled the transaction back. Nothing for other return types (the runtime's
 /// `ScopeResult` bound reports those) or one that contains `impl Trait`, which a closure's
 /// parameter cannot name.
 fn describe_errors(krate: &TokenStream, output: &ReturnType) -> Option<TokenStream> {
@@ -287,11 +289,16 @@ fn describe_errors(krate: &TokenStream, output: &ReturnType) -> Option<TokenStre
     }
     let span = ty.span();
     Some(quote_spanned! {span=>
-        |output: &#ty| match output {
+        |output: &#ty, text: bool| match output {
             ::core::result::Result::Err(error) => {
                 #[allow(unused_imports)]
-                use #krate::__private::{ViaDisplay as _, ViaNothing as _};
-                (&#krate::__private::Text(error)).text()
+                use #krate::__private::{
+                    ViaDisplay as _, ViaDynError as _, ViaError as _, ViaNothing as _,
+                    ViaSendSyncDynError as _,
+                };
+                ::core::option::Option::Some(
+                    (&&&&&#krate::__private::Inspect(error)).facts(text),
+                )
             }
             ::core::result::Result::Ok(_) => ::core::option::Option::None,
         }
@@ -391,11 +398,16 @@ mod tests {
     /// The describer the expansion passes for a return type `ty`.
     fn describer(krate: &str, ty: &str) -> String {
         format!(
-            "::core::option::Option::Some(|output: &{ty}| match output {{
+            "::core::option::Option::Some(|output: &{ty}, text: bool| match output {{
                 ::core::result::Result::Err(error) => {{
                     #[allow(unused_imports)]
-                    use {krate}::__private::{{ViaDisplay as _, ViaNothing as _}};
-                    (&{krate}::__private::Text(error)).text()
+                    use {krate}::__private::{{
+                        ViaDisplay as _, ViaDynError as _, ViaError as _, ViaNothing as _,
+                        ViaSendSyncDynError as _,
+                    }};
+                    ::core::option::Option::Some(
+                        (&&&&&{krate}::__private::Inspect(error)).facts(text),
+                    )
                 }}
                 ::core::result::Result::Ok(_) => ::core::option::Option::None,
             }})"

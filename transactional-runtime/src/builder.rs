@@ -235,32 +235,77 @@ pub mod __private {
     use crate::retry::{retrying, RetryableError};
     pub use crate::scope::{Describe, Scope, ScopeResult};
 
-    /// Puts a body's error in words when its type implements `Display`: the macro calls
-    /// `(&Text(error)).text()`, which resolves to [`ViaDisplay`] when it can and to
-    /// [`ViaNothing`] otherwise.
-    pub struct Text<'a, E>(pub &'a E);
+    pub use crate::inspect::Facts;
 
-    /// [`Text`] of an error that implements `Display`.
-    pub trait ViaDisplay {
-        /// The error's `Display`.
-        fn text(&self) -> Option<String>;
+    /// Reads a body's error as well as its type allows: the macro calls
+    /// `(&&&&&Inspect(error)).facts(text)`, which resolves, by autoref, to the first of
+    /// [`ViaError`] (the error implements `std::error::Error`: its words and the database's
+    /// error in its `source()` chain), [`ViaSendSyncDynError`] and [`ViaDynError`] (it gives
+    /// a `dyn Error`: `anyhow::Error`, `Box<dyn Error + Send + Sync>`, `Box<dyn Error>`),
+    /// [`ViaDisplay`] (its words only) and [`ViaNothing`].
+    pub struct Inspect<'a, E>(pub &'a E);
+
+    /// [`Inspect`] of an error that implements `std::error::Error`.
+    pub trait ViaError {
+        /// What the error says; its words only if `text`.
+        fn facts(&self, text: bool) -> Facts;
     }
 
-    impl<E: std::fmt::Display> ViaDisplay for Text<'_, E> {
-        fn text(&self) -> Option<String> {
-            Some(self.0.to_string())
+    impl<E: std::error::Error + 'static> ViaError for &&&&Inspect<'_, E> {
+        fn facts(&self, text: bool) -> Facts {
+            Facts::of_error(self.0, text)
         }
     }
 
-    /// [`Text`] of any other error.
-    pub trait ViaNothing {
-        /// Nothing.
-        fn text(&self) -> Option<String>;
+    /// [`Inspect`] of an error that gives a `dyn Error + Send + Sync` (`anyhow::Error`,
+    /// `Box<dyn Error + Send + Sync>`).
+    pub trait ViaSendSyncDynError {
+        /// What the error says; its words only if `text`.
+        fn facts(&self, text: bool) -> Facts;
     }
 
-    impl<E> ViaNothing for &Text<'_, E> {
-        fn text(&self) -> Option<String> {
-            None
+    impl<E> ViaSendSyncDynError for &&&Inspect<'_, E>
+    where
+        E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+    {
+        fn facts(&self, text: bool) -> Facts {
+            Facts::of_error(self.0.as_ref(), text)
+        }
+    }
+
+    /// [`Inspect`] of an error that gives a `dyn Error` (`Box<dyn Error>`).
+    pub trait ViaDynError {
+        /// What the error says; its words only if `text`.
+        fn facts(&self, text: bool) -> Facts;
+    }
+
+    impl<E: AsRef<dyn std::error::Error + 'static>> ViaDynError for &&Inspect<'_, E> {
+        fn facts(&self, text: bool) -> Facts {
+            Facts::of_error(self.0.as_ref(), text)
+        }
+    }
+
+    /// [`Inspect`] of an error that implements `Display` only.
+    pub trait ViaDisplay {
+        /// The error's words, if `text`.
+        fn facts(&self, text: bool) -> Facts;
+    }
+
+    impl<E: std::fmt::Display> ViaDisplay for &Inspect<'_, E> {
+        fn facts(&self, text: bool) -> Facts {
+            Facts::of_text(text.then(|| self.0.to_string()))
+        }
+    }
+
+    /// [`Inspect`] of any other error: nothing to read.
+    pub trait ViaNothing {
+        /// Nothing.
+        fn facts(&self, text: bool) -> Facts;
+    }
+
+    impl<E> ViaNothing for Inspect<'_, E> {
+        fn facts(&self, _: bool) -> Facts {
+            Facts::default()
         }
     }
 
@@ -292,7 +337,7 @@ pub mod __private {
 
     /// The scope of an annotated fn whose body is `Send`.
     ///
-    /// `describe` puts the body's error in words (see [`Text`]).
+    /// `describe` reads the body's error (see [`Inspect`]).
     pub fn send<'a, F>(
         tx: Transactional,
         describe: Option<Describe<F::Output>>,

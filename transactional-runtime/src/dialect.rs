@@ -10,39 +10,70 @@ use crate::options::Isolation;
 pub enum Dialect {
     /// PostgreSQL: options ride in the `BEGIN` statement.
     Postgres,
-    /// MySQL and MariaDB: `SET TRANSACTION ISOLATION LEVEL …` then `START TRANSACTION [READ ONLY]`.
+    /// MySQL and MariaDB: autocommit off for the transaction, `SET TRANSACTION …` for its
+    /// isolation level and read-only.
     MySql,
     /// SQLite: every transaction is serializable; read-only through `PRAGMA query_only`.
     Sqlite,
 }
 
-/// The name of the savepoint MySQL transactions open at BEGIN, so that COMMIT can tell
-/// whether the server rolled the transaction back underneath (a deadlock does that).
+/// The name of the savepoint MySQL transactions open at BEGIN: it is gone once the server has
+/// ended the transaction (a rollback, or an implicit commit), which the end of the transaction
+/// checks by releasing it first.
 const MYSQL_ALIVE: &str = "transactional_open";
+
+/// MySQL runs a transaction with autocommit off, so that statements sent after the server
+/// ended it (a deadlock rolls it back and carries on) open a new transaction that the end of the
+/// scope rolls back, instead of committing one by one; the session gets it back at the end.
+const MYSQL_AUTOCOMMIT_ON: &str = "SET autocommit = 1";
 
 /// The statements that begin one transaction, sent in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Begin {
     /// One or more statements separated by `;`.
     pub sql: String,
-    /// A statement that undoes a session setting once the transaction is over.
+    /// A statement that gives the session back its setting once the transaction is over (sent
+    /// with COMMIT or ROLLBACK).
     pub reset: Option<&'static str>,
 }
 
-/// How to tell, at COMMIT, that the transaction had already been rolled back by the server.
+/// The statements that end a transaction, in one round trip, and what their failure means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct End {
+    pub sql: String,
+    /// How the answer tells that the database had ended or aborted the transaction before.
+    pub check: EndCheck,
+}
+
+/// How the end of a transaction notices that the database had already ended or aborted it:
+/// PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK` and no error, MySQL
+/// carries on after rolling a transaction back (or committing it implicitly), SQLite rolls back
+/// on some errors. Each is found by a statement that fails then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AbortCheck {
-    /// The probe sent before `COMMIT` fails with one of these SQLSTATEs (then `COMMIT` is not
-    /// executed); with `not_open`, no transaction was open any more.
-    ProbeFails {
-        states: &'static [&'static str],
-        not_open: &'static str,
-        /// What the probe's own failure says (an error left by a statement cut off earlier
-        /// can carry the same SQLSTATE).
+pub(crate) enum EndCheck {
+    /// A probe sent first fails (and nothing after it runs): with one of `aborted`'s SQLSTATEs
+    /// the transaction is still open but can only roll back; with `gone`'s, or a message
+    /// naming `mentions`, no transaction is open any more.
+    Probe {
+        aborted: &'static [&'static str],
+        gone: &'static [&'static str],
         mentions: Option<&'static str>,
     },
-    /// `COMMIT` itself fails with this message when no transaction is open.
-    CommitFails(&'static str),
+    /// `COMMIT` or `ROLLBACK` itself fails with this message when no transaction is open.
+    Statement(&'static str),
+}
+
+/// What a failed end of a transaction found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// The transaction is open but the database aborted it: it can only roll back.
+    Aborted,
+    /// No transaction was open any more: the database (or a statement it was sent) had ended
+    /// it.
+    Gone,
+    /// The statement failed on its own (a COMMIT refused, an error left by a statement cut
+    /// off earlier).
+    Failed,
 }
 
 impl Dialect {
@@ -98,19 +129,22 @@ impl Dialect {
                 }
             }
             Dialect::MySql => {
-                // `SET TRANSACTION` applies to the next transaction only: no reset needed.
-                if let Some(level) = isolation_sql(isolation) {
-                    sql.push_str("SET TRANSACTION ISOLATION LEVEL ");
-                    sql.push_str(level);
+                // With autocommit off, the transaction begins at its first statement, with the
+                // characteristics `SET TRANSACTION` gave the next transaction only.
+                sql.push_str("SET autocommit = 0; ");
+                let characteristics: Vec<String> = isolation_sql(isolation)
+                    .map(|level| format!("ISOLATION LEVEL {level}"))
+                    .into_iter()
+                    .chain(read_only.then(|| "READ ONLY".to_owned()))
+                    .collect();
+                if !characteristics.is_empty() {
+                    sql.push_str("SET TRANSACTION ");
+                    sql.push_str(&characteristics.join(", "));
                     sql.push_str("; ");
                 }
-                sql.push_str(if read_only {
-                    "START TRANSACTION READ ONLY; "
-                } else {
-                    "START TRANSACTION; "
-                });
                 sql.push_str("SAVEPOINT ");
                 sql.push_str(MYSQL_ALIVE);
+                reset = Some(MYSQL_AUTOCOMMIT_ON);
             }
             // SQLite has one isolation level, SERIALIZABLE, at least as strong as any asked for.
             Dialect::Sqlite => {
@@ -147,35 +181,103 @@ impl Dialect {
         }
     }
 
-    /// `COMMIT`, with what lets it notice a transaction the server had already rolled back:
-    /// PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK` and no error, and
-    /// MySQL commits nothing after a deadlock rolled the transaction back (later statements
-    /// autocommit). A `SAVEPOINT` fails in both of PostgreSQL's cases (aborted, or not in a
-    /// transaction); MySQL's savepoint opened at BEGIN is gone once the server rolled back.
-    pub(crate) fn commit(self) -> (&'static str, AbortCheck) {
-        match self {
+    /// `COMMIT` (or `ROLLBACK`), with what lets it notice a transaction the database had
+    /// already ended or aborted (see [`EndCheck`]), then `reset`. PostgreSQL's `SAVEPOINT`
+    /// fails in an aborted transaction (25P02) and outside one (25P01); MySQL's savepoint opened
+    /// at BEGIN is gone once the server ended the transaction; SQLite's `COMMIT` fails when no
+    /// transaction is open. A PostgreSQL rollback needs no probe: a ROLLBACK undoes an aborted
+    /// transaction as any other.
+    pub(crate) fn end(self, commit: bool, reset: Option<&str>) -> End {
+        let (probe, check) = match self {
+            Dialect::Postgres if commit => (
+                Some("SAVEPOINT transactional_commit"),
+                EndCheck::Probe {
+                    // in_failed_sql_transaction; no_active_sql_transaction
+                    aborted: &["25P02"],
+                    gone: &["25P01"],
+                    mentions: None,
+                },
+            ),
             Dialect::Postgres => (
-                "SAVEPOINT transactional_commit; COMMIT",
-                // in_failed_sql_transaction, no_active_sql_transaction
-                AbortCheck::ProbeFails {
-                    states: &["25P02", "25P01"],
-                    not_open: "25P01",
+                None,
+                EndCheck::Probe {
+                    aborted: &[],
+                    gone: &[],
                     mentions: None,
                 },
             ),
             Dialect::MySql => (
-                "RELEASE SAVEPOINT transactional_open; COMMIT",
-                // ER_SP_DOES_NOT_EXIST (a ROLLBACK after it is harmless on MySQL)
-                AbortCheck::ProbeFails {
-                    states: &["42000"],
-                    not_open: "",
+                Some("RELEASE SAVEPOINT transactional_open"),
+                // ER_SP_DOES_NOT_EXIST, naming the savepoint.
+                EndCheck::Probe {
+                    aborted: &[],
+                    gone: &[],
                     mentions: Some(MYSQL_ALIVE),
                 },
             ),
-            Dialect::Sqlite => (
-                "COMMIT",
-                AbortCheck::CommitFails("no transaction is active"),
-            ),
+            Dialect::Sqlite => (None, EndCheck::Statement("no transaction is active")),
+        };
+        let sql = probe
+            .into_iter()
+            .chain([if commit { "COMMIT" } else { "ROLLBACK" }])
+            .chain(reset)
+            .collect::<Vec<_>>()
+            .join("; ");
+        End { sql, check }
+    }
+
+    /// What a failed [`End`] found, from the database's error.
+    pub(crate) fn found(self, check: EndCheck, error: &dyn sqlx::error::DatabaseError) -> Found {
+        let code = error.code();
+        let code = code.as_deref();
+        match check {
+            EndCheck::Probe { aborted, .. } if code.is_some_and(|c| aborted.contains(&c)) => {
+                Found::Aborted
+            }
+            EndCheck::Probe { gone, mentions, .. }
+                if code.is_some_and(|c| gone.contains(&c))
+                    || mentions.is_some_and(|m| self.savepoint_gone(error, m)) =>
+            {
+                Found::Gone
+            }
+            EndCheck::Statement(message) if error.message().contains(message) => Found::Gone,
+            _ => Found::Failed,
+        }
+    }
+
+    /// The statements that end a transaction whose end failed: ROLLBACK (unless no transaction
+    /// is open, where SQLite refuses it), then `reset`.
+    pub(crate) fn roll_back_after(self, found: Found, reset: Option<&str>) -> Option<String> {
+        let rollback = !(found == Found::Gone && self == Dialect::Sqlite);
+        let sql: Vec<&str> = rollback
+            .then_some("ROLLBACK")
+            .into_iter()
+            .chain(reset)
+            .collect();
+        (!sql.is_empty()).then(|| sql.join("; "))
+    }
+
+    /// Whether `error`, from a statement on savepoint `name`, says the savepoint does not
+    /// exist: the database ended the whole transaction (MySQL, SQLite), or it was ended by a
+    /// statement it was sent (PostgreSQL: no transaction is open).
+    pub(crate) fn savepoint_gone(self, error: &dyn sqlx::error::DatabaseError, name: &str) -> bool {
+        match self {
+            // ER_SP_DOES_NOT_EXIST: "SAVEPOINT tx_sp_1 does not exist".
+            Dialect::MySql => {
+                error.code().as_deref() == Some("42000") && error.message().contains(name)
+            }
+            Dialect::Sqlite => error.message().contains("no such savepoint"),
+            Dialect::Postgres => error.code().as_deref() == Some("25P01"),
+        }
+    }
+
+    /// What may have ended a transaction underneath its scope, when the scope saw nothing
+    /// that says it was rolled back ([`Error::EndedUnderneath`](crate::Error::EndedUnderneath)).
+    pub(crate) fn ended_underneath_reason(self) -> &'static str {
+        match self {
+            Dialect::MySql => "MySQL commits a transaction implicitly before DDL and some other statements, and rolls it back on a deadlock, and the scope saw no error that says which (a scope whose error type the library cannot read, or that caught the error, hides it)",
+            Dialect::Postgres => "a COMMIT or ROLLBACK was sent through the scope's connection",
+            Dialect::Sqlite => "a COMMIT or ROLLBACK was sent through the scope's connection, or SQLite rolled it back where the library could not watch it (sqlx's Any driver)",
         }
     }
 
@@ -222,14 +324,51 @@ mod tests {
     }
 
     #[test]
-    fn mysql_sets_isolation_for_the_next_transaction_in_the_same_round_trip() {
+    fn mysql_turns_autocommit_off_and_sets_the_next_transaction_in_the_same_round_trip() {
         let plan = Dialect::MySql.begin(Isolation::ReadCommitted, true, false);
         assert_eq!(
             plan.sql,
-            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY; \
+            "SET autocommit = 0; SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY; \
              SAVEPOINT transactional_open"
         );
-        assert_eq!(plan.reset, None);
+        assert_eq!(plan.reset, Some("SET autocommit = 1"));
+        let plan = Dialect::MySql.begin(Isolation::Default, false, false);
+        assert_eq!(plan.sql, "SET autocommit = 0; SAVEPOINT transactional_open");
+    }
+
+    #[test]
+    fn the_end_probes_then_resets_in_one_round_trip() {
+        let reset = Some("SET autocommit = 1");
+        assert_eq!(
+            Dialect::MySql.end(true, reset).sql,
+            "RELEASE SAVEPOINT transactional_open; COMMIT; SET autocommit = 1"
+        );
+        assert_eq!(
+            Dialect::MySql.end(false, reset).sql,
+            "RELEASE SAVEPOINT transactional_open; ROLLBACK; SET autocommit = 1"
+        );
+        assert_eq!(
+            Dialect::Postgres.end(true, None).sql,
+            "SAVEPOINT transactional_commit; COMMIT"
+        );
+        assert_eq!(Dialect::Postgres.end(false, None).sql, "ROLLBACK");
+        assert_eq!(
+            Dialect::Sqlite
+                .end(true, Some("PRAGMA query_only = OFF"))
+                .sql,
+            "COMMIT; PRAGMA query_only = OFF"
+        );
+        assert_eq!(
+            Dialect::Sqlite.roll_back_after(Found::Gone, None),
+            None,
+            "SQLite refuses a ROLLBACK with no transaction open"
+        );
+        assert_eq!(
+            Dialect::MySql
+                .roll_back_after(Found::Gone, reset)
+                .as_deref(),
+            Some("ROLLBACK; SET autocommit = 1")
+        );
     }
 
     #[test]

@@ -34,14 +34,17 @@ pub(crate) trait TxConnection: Send + 'static {
     /// Whether [`TxConnection::query_int`] can read rows here.
     fn reads_ints(&self) -> bool;
 
-    /// Makes `interrupt` stop the statement running on this connection when it is set (SQLite's
-    /// progress handler); `false` where statements are cancelled from another connection.
-    fn arm_interrupt(
+    /// Where the database runs in process (SQLite): makes `watch` see the commits and rollbacks
+    /// of this connection, and `interrupt` stop the statement running on it when it is set
+    /// (SQLite's progress handler). Says which of the two it could do: neither where
+    /// statements are cancelled from another connection and the server is asked instead.
+    fn arm(
         &mut self,
-        interrupt: Arc<AtomicBool>,
-    ) -> BoxFuture<'_, Result<bool, sqlx::Error>>;
+        watch: Option<Arc<Watch>>,
+        interrupt: Option<Arc<AtomicBool>>,
+    ) -> BoxFuture<'_, Result<Armed, sqlx::Error>>;
 
-    /// Undoes [`TxConnection::arm_interrupt`].
+    /// Undoes the interrupt of [`TxConnection::arm`].
     fn disarm_interrupt(&mut self) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 
     /// Waits until an interrupted statement has ended.
@@ -87,11 +90,12 @@ where
         concrete::reads_ints(self)
     }
 
-    fn arm_interrupt(
+    fn arm(
         &mut self,
-        interrupt: Arc<AtomicBool>,
-    ) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
-        concrete::arm_interrupt(self, interrupt)
+        watch: Option<Arc<Watch>>,
+        interrupt: Option<Arc<AtomicBool>>,
+    ) -> BoxFuture<'_, Result<Armed, sqlx::Error>> {
+        concrete::arm(self, watch, interrupt)
     }
 
     fn disarm_interrupt(&mut self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
@@ -189,23 +193,37 @@ mod concrete {
 
     /// SQLite has no statement that cancels another connection's statement; a progress
     /// handler checked every few hundred VM instructions stops it instead. (A wait for another
-    /// writer's lock is not interrupted: `busy_timeout` bounds it.)
+    /// writer's lock is not interrupted: `busy_timeout` bounds it.) Its commit and rollback
+    /// hooks tell the watch what the transaction goes through; they stay on the connection,
+    /// harmless once the watch is over, until the next transaction's replace them.
     #[allow(unused_variables)]
-    pub(super) fn arm_interrupt(
+    pub(super) fn arm(
         conn: &mut dyn Any,
-        interrupt: Arc<AtomicBool>,
-    ) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+        watch: Option<Arc<Watch>>,
+        interrupt: Option<Arc<AtomicBool>>,
+    ) -> BoxFuture<'_, Result<Armed, sqlx::Error>> {
         #[cfg(feature = "sqlite")]
         if let Some(conn) = sqlite(conn) {
             return Box::pin(async move {
                 let mut handle = conn.lock_handle().await?;
-                handle.set_progress_handler(256, move || {
-                    !interrupt.load(std::sync::atomic::Ordering::Acquire)
-                });
-                Ok(true)
+                let armed = Armed {
+                    watching: watch.is_some(),
+                    interrupting: interrupt.is_some(),
+                };
+                if let Some(watch) = watch {
+                    let on_rollback = watch.clone();
+                    handle.set_commit_hook(move || watch.allows_commit());
+                    handle.set_rollback_hook(move || on_rollback.saw_rollback());
+                }
+                if let Some(interrupt) = interrupt {
+                    handle.set_progress_handler(256, move || {
+                        !interrupt.load(std::sync::atomic::Ordering::Acquire)
+                    });
+                }
+                Ok(armed)
             });
         }
-        Box::pin(async { Ok(false) })
+        Box::pin(async { Ok(Armed::default()) })
     }
 
     #[allow(unused_variables)]
@@ -232,6 +250,100 @@ mod concrete {
     }
 }
 
+/// What [`TxConnection::arm`] could do on a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Armed {
+    /// Its commits and rollbacks are watched.
+    pub(crate) watching: bool,
+    /// A statement running on it can be interrupted in process.
+    pub(crate) interrupting: bool,
+}
+
+/// What the database does to a transaction by itself, seen where it runs in process (SQLite's
+/// commit and rollback hooks): a rollback nobody asked for (an `INSERT OR ROLLBACK`, an
+/// interrupted write, a full disk), and any commit the runtime did not send, which it refuses
+/// while the transaction is open (SQLite then rolls back instead). So once SQLite rolled the
+/// transaction back underneath its scope, a later write fails rather than commit on its own.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) struct Watch {
+    phase: WatchPhase,
+    rolled_back: AtomicBool,
+}
+
+/// Where a watched transaction is, as the hooks read it (a typed atomic).
+#[derive(Debug, Default)]
+struct WatchPhase(std::sync::atomic::AtomicU8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+enum Phase {
+    /// The runtime's transaction is open: nothing else may commit, a rollback is the
+    /// database's own.
+    Open = 0,
+    /// The runtime sends COMMIT or ROLLBACK.
+    Ending = 1,
+    /// The transaction is over; the connection serves others (the hooks stay until replaced).
+    Over = 2,
+}
+
+impl WatchPhase {
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    fn get(&self) -> Phase {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            0 => Phase::Open,
+            1 => Phase::Ending,
+            _ => Phase::Over,
+        }
+    }
+
+    fn set(&self, phase: Phase) {
+        self.0
+            .store(phase as u8, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+impl Watch {
+    /// The commit hook: only the runtime's own COMMIT may commit while the transaction is
+    /// open; refusing any other turns it into a rollback.
+    fn allows_commit(&self) -> bool {
+        match self.phase.get() {
+            Phase::Open => {
+                self.rolled_back
+                    .store(true, std::sync::atomic::Ordering::Release);
+                false
+            }
+            Phase::Ending | Phase::Over => true,
+        }
+    }
+
+    /// The rollback hook: one the runtime did not send is the database's own.
+    fn saw_rollback(&self) {
+        if self.phase.get() == Phase::Open {
+            self.rolled_back
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The database rolled the transaction back by itself (or refused a commit it was not
+    /// asked for, which rolled it back).
+    pub(crate) fn rolled_back(&self) -> bool {
+        self.rolled_back.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The runtime is about to send COMMIT or ROLLBACK.
+    pub(crate) fn ending(&self) {
+        self.phase.set(Phase::Ending);
+    }
+
+    /// The transaction is over.
+    pub(crate) fn over(&self) {
+        self.phase.set(Phase::Over);
+    }
+}
+
 /// A connection held by the runtime. Dropped while not [clean](Conn::set_clean), it is closed
 /// rather than returned to its pool.
 pub(crate) struct Conn {
@@ -239,6 +351,9 @@ pub(crate) struct Conn {
     clean: bool,
     /// Counts it as a transaction's while it lives (see `status`).
     counted: Option<Counted>,
+    /// Watches its transaction (SQLite): over once the connection leaves the transaction, so
+    /// that its hooks let others commit again.
+    watch: Option<Arc<Watch>>,
 }
 
 impl Conn {
@@ -248,6 +363,19 @@ impl Conn {
             inner: Some(inner),
             clean: true,
             counted: None,
+            watch: None,
+        }
+    }
+
+    /// Its commits and rollbacks are watched by `watch` until it is dropped.
+    pub(crate) fn watched_by(&mut self, watch: Arc<Watch>) {
+        self.watch = Some(watch);
+    }
+
+    /// About to send COMMIT or ROLLBACK: its watch lets them through.
+    pub(crate) fn ending(&self) {
+        if let Some(watch) = &self.watch {
+            watch.ending();
         }
     }
 
@@ -332,6 +460,9 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.over();
+        }
         if let Some(inner) = self.inner.take() {
             if !self.clean {
                 inner.close();

@@ -120,7 +120,7 @@ pub enum Error {
     },
     /// `COMMIT` failed. When `outcome_unknown` is true the connection broke during the commit:
     /// it may or may not have been applied; check before retrying.
-    #[error("{}", if *outcome_unknown { "the connection failed during COMMIT: the transaction may or may not have been committed; check the data before retrying" } else { "COMMIT failed and the transaction was rolled back" })]
+    #[error("{}: {source}", if *outcome_unknown { "the connection failed during COMMIT: the transaction may or may not have been committed; check the data before retrying" } else { "COMMIT failed and the transaction was rolled back" })]
     Commit {
         /// Whether the commit may have happened.
         outcome_unknown: bool,
@@ -129,15 +129,33 @@ pub enum Error {
         source: sqlx::Error,
     },
     /// The database had already rolled the transaction (or the NESTED scope's savepoint)
-    /// back: an earlier statement failed and the code caught its error. Nothing of it was
-    /// committed.
-    #[error("the transaction on `{data_source}` had been aborted by the database before it could be committed ({source}): on PostgreSQL any failed statement aborts the transaction, on MySQL a deadlock rolls it back; nothing was committed. Let the failing statement's error propagate, or run the statement that may fail in a NESTED scope")]
+    /// back, or aborted it, before its scope ended: a statement failed and the code went on.
+    /// Nothing of it was committed: what ran after the rollback was refused or undone too.
+    #[error("the transaction on `{data_source}` had been rolled back by the database {}: nothing of it was committed (on PostgreSQL a failed statement aborts the transaction; MySQL rolls it back on a deadlock; SQLite on some errors, such as INSERT OR ROLLBACK). Let the failing statement's error propagate, or run the statement that may fail in a NESTED scope", after_failure(cause))]
     Aborted {
         /// The data source.
         data_source: String,
-        /// What the database answered.
+        /// The error of the statement that failed first, where the scope saw it (its body
+        /// returned it).
+        cause: Option<String>,
+        /// What the database answered the statement that found the transaction gone.
         #[source]
-        source: sqlx::Error,
+        source: Option<sqlx::Error>,
+    },
+    /// The database ended the transaction before its scope did, and cannot be asked whether it
+    /// committed or rolled back what ran until then: MySQL commits implicitly before DDL (and
+    /// some other statements) but rolls back on a deadlock; a COMMIT or ROLLBACK sent through a
+    /// connection guard ends it too. What ran after that point was rolled back. After-completion
+    /// hooks see [`Outcome::Unknown`](crate::Outcome::Unknown).
+    #[error("the transaction on `{data_source}` was ended by the database before its scope ended, and whether its work was committed cannot be known: {reason}. What ran after that point was rolled back; check the data before running it again, and keep statements that commit (DDL such as CREATE or ALTER TABLE, LOCK TABLES, START TRANSACTION, COMMIT, ROLLBACK) out of transactional scopes")]
+    EndedUnderneath {
+        /// The data source.
+        data_source: String,
+        /// What may have ended it.
+        reason: &'static str,
+        /// What the database answered the statement that found the transaction gone.
+        #[source]
+        source: Option<sqlx::Error>,
     },
     /// The transaction's connection was lost or had to be closed (a cleanup after a cancelled
     /// statement could not finish); the server rolled the transaction back.
@@ -202,15 +220,31 @@ impl Error {
         matches!(self, Error::Timeout { .. })
     }
 
+    /// Whether the database may or may not have committed the work: the connection broke
+    /// during COMMIT ([`Error::Commit`] with `outcome_unknown`), or the database ended the
+    /// transaction by itself ([`Error::EndedUnderneath`]). Check the data before running the
+    /// work again.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Error::Commit {
+                outcome_unknown: true,
+                ..
+            } | Error::EndedUnderneath { .. }
+        )
+    }
+
     /// sqlx's error, for the variants that carry one.
     pub fn sqlx_error(&self) -> Option<&sqlx::Error> {
         match self {
             Error::Acquire { source, .. }
             | Error::Begin { source, .. }
             | Error::Commit { source, .. }
-            | Error::Aborted { source, .. }
             | Error::Savepoint { source, .. }
             | Error::Database(source) => Some(source),
+            Error::Aborted { source, .. } | Error::EndedUnderneath { source, .. } => {
+                source.as_ref()
+            }
             _ => None,
         }
     }
@@ -227,13 +261,6 @@ impl Error {
         }
     }
 
-    /// Whether the database refused the transaction because of a concurrent one: a
-    /// serialization failure or a deadlock (PostgreSQL `40001`, `40P01`; MySQL/MariaDB
-    /// `1213`, `1205`; SQLite busy or locked). Running the whole transaction again may succeed.
-    pub fn is_serialization_failure(&self) -> bool {
-        self.sqlx_error().is_some_and(is_serialization_failure)
-    }
-
     #[doc(hidden)]
     pub(crate) fn propagation_refused(
         propagation: Propagation,
@@ -248,27 +275,12 @@ impl Error {
     }
 }
 
-/// Whether sqlx's error is the database refusing a transaction because of a concurrent one.
-pub(crate) fn is_serialization_failure(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(database_error_is_retryable)
-}
-
-/// Whether the database refused a transaction because of a concurrent one: a serialization
-/// failure or a deadlock.
-pub(crate) fn database_error_is_retryable(db: &dyn sqlx::error::DatabaseError) -> bool {
-    #[cfg(feature = "mysql")]
-    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT.
-        return matches!(mysql.number(), 1213 | 1205);
+/// How [`Error::Aborted`] names what rolled the transaction back.
+fn after_failure(cause: &Option<String>) -> String {
+    match cause {
+        Some(cause) => format!("after a statement failed ({cause})"),
+        None => {
+            "after a statement in it failed and the scope went on (its error was caught)".to_owned()
+        }
     }
-    #[cfg(feature = "sqlite")]
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        // SQLITE_BUSY, SQLITE_LOCKED, and their extended codes.
-        let code = db.code().and_then(|code| code.parse::<i32>().ok());
-        return code.is_some_and(|code| matches!(code & 0xff, 5 | 6));
-    }
-    // PostgreSQL: serialization_failure, deadlock_detected.
-    matches!(db.code().as_deref(), Some("40001" | "40P01"))
 }

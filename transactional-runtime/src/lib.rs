@@ -19,6 +19,7 @@
 
 // What a scope asks for, and what can go wrong.
 mod error;
+mod inspect;
 mod name;
 mod options;
 mod propagation;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{database_error_is_retryable, Error};
+use crate::inspect::DatabaseFailure;
 use crate::options::TxOptions;
 use crate::scope::{Attempt, Describe, Scope, ScopeResult};
 
@@ -20,7 +20,7 @@ use crate::scope::{Attempt, Describe, Scope, ScopeResult};
 /// concurrent one, so that running it again may succeed.
 ///
 /// Implemented for every `std::error::Error + 'static`: the error and its `source()` chain are
-/// searched for the library's [`Error`], an `sqlx::Error` or a database's own error, and their
+/// searched for the library's [`Error`](crate::Error), an `sqlx::Error` or a database's own error, and their
 /// codes read (PostgreSQL `40001`, `40P01`; MySQL/MariaDB `1213`, `1205`; SQLite busy or
 /// locked). Implement it yourself for an error type that does not implement
 /// `std::error::Error`.
@@ -41,46 +41,9 @@ impl<E: std::error::Error + 'static> RetryableError for E {
 }
 
 /// Whether `error`, or an error in its `source()` chain, is a serialization failure or a
-/// deadlock.
+/// deadlock (however it is wrapped: see `inspect`).
 fn retryable_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(error) = error.downcast_ref::<Error>() {
-            if error.is_serialization_failure() {
-                return true;
-            }
-        } else if let Some(error) = error.downcast_ref::<sqlx::Error>() {
-            if error
-                .as_database_error()
-                .is_some_and(database_error_is_retryable)
-            {
-                return true;
-            }
-        } else if database_error_is_retryable_dyn(error) {
-            return true;
-        }
-        next = error.source();
-    }
-    false
-}
-
-/// A database's own error, met in a `source()` chain (sqlx's `Database` variant gives it as its
-/// source).
-fn database_error_is_retryable_dyn(error: &(dyn std::error::Error + 'static)) -> bool {
-    #[cfg(feature = "postgres")]
-    if let Some(error) = error.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        return database_error_is_retryable(error);
-    }
-    #[cfg(feature = "mysql")]
-    if let Some(error) = error.downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return database_error_is_retryable(error);
-    }
-    #[cfg(feature = "sqlite")]
-    if let Some(error) = error.downcast_ref::<sqlx::sqlite::SqliteError>() {
-        return database_error_is_retryable(error);
-    }
-    let _ = error;
-    false
+    DatabaseFailure::find(error).is_some_and(|failure| failure.concurrent)
 }
 
 fn classify<R>(output: &R) -> bool
@@ -156,6 +119,7 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn pauses_grow_with_jitter_and_stay_bounded() {

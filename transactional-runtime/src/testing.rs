@@ -24,7 +24,7 @@ use crate::builder::Transactional;
 use crate::context::{Context, HookSink, Mode};
 use crate::data_source::{DataSource, DataSourceSettings, Source, MOCK_DATABASE};
 use crate::dialect::Dialect;
-use crate::driver::{Conn, TxConnection};
+use crate::driver::{Armed, Conn, TxConnection, Watch};
 use crate::error::Error;
 use crate::events::ScopeEvent;
 use crate::hooks::{run_after, Ending, Hook, RollbackCause};
@@ -373,11 +373,12 @@ impl TxConnection for MockConnection {
         false
     }
 
-    fn arm_interrupt(
+    fn arm(
         &mut self,
-        _: Arc<std::sync::atomic::AtomicBool>,
-    ) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
-        Box::pin(std::future::ready(Ok(false)))
+        _: Option<Arc<Watch>>,
+        _: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> BoxFuture<'_, Result<Armed, sqlx::Error>> {
+        Box::pin(std::future::ready(Ok(Armed::default())))
     }
 
     fn disarm_interrupt(&mut self) -> BoxFuture<'_, Result<(), sqlx::Error>> {

@@ -40,6 +40,7 @@ use tower_service::Service;
 
 use crate::builder::Transactional;
 use crate::error::Error;
+use crate::inspect::Facts;
 use crate::name::Name;
 use crate::options::{Isolation, Propagation};
 
@@ -164,14 +165,15 @@ impl<B, E> From<Error> for Ended<B, E> {
 }
 
 impl<B, E> Ended<B, E> {
-    fn describe(output: &Result<Response<B>, Ended<B, E>>) -> Option<String> {
-        match output {
+    fn describe(output: &Result<Response<B>, Ended<B, E>>, text: bool) -> Option<Facts> {
+        let words = match output {
             Err(Ended::RolledBack(response)) => {
-                Some(format!("the handler answered {}", response.status()))
+                format!("the handler answered {}", response.status())
             }
-            Err(Ended::Failed(_)) => Some("the service failed".to_owned()),
-            _ => None,
-        }
+            Err(Ended::Failed(_)) => "the service failed".to_owned(),
+            _ => return None,
+        };
+        Some(Facts::of_text(text.then_some(words)))
     }
 }
 

@@ -212,6 +212,11 @@ impl Running {
             }
             What::Tx { frame, suspended } => (frame.clone(), *suspended),
         };
+        if let Some(failure) = &self.failure {
+            // Kept while the level's work stands: it explains (and is quoted by) an end that
+            // finds the transaction ended by the database.
+            frame.tx().note_failure(frame.level.id, failure.clone());
+        }
         if frame.role == Role::Participant {
             // A joined scope ends without a statement: its failure marks the transaction.
             let fails = matches!(
@@ -421,7 +426,9 @@ impl End {
                         Ending::RolledBack(RollbackCause::GuardOutlivedScope),
                         Some(Error::GuardOutlivedScope { scope }),
                     ),
-                    Finished::Unknown(error) => (Ending::Unknown, Some(error)),
+                    Finished::Unknown(error) | Finished::EndedUnderneath(error) => {
+                        (Ending::Unknown, Some(error))
+                    }
                     Finished::Abandoned => (Ending::RolledBack(RollbackCause::Cancelled), None),
                     Finished::RolledBack => (Ending::RolledBack(RollbackCause::CommitFailed), None),
                 }
@@ -432,6 +439,9 @@ impl End {
                         Ending::RolledBack(RollbackCause::GuardOutlivedScope),
                         Some(Error::GuardOutlivedScope { scope }),
                     ),
+                    Finished::EndedUnderneath(ended) => {
+                        (Ending::Unknown, self.unknown_instead(error, ended))
+                    }
                     _ => (Ending::RolledBack(cause), error),
                 }
             }
@@ -513,12 +523,22 @@ impl End {
             SavepointEnd::GuardOutlived => Some(Error::GuardOutlivedScope {
                 scope: self.options.name.clone(),
             }),
-            SavepointEnd::RolledBackInstead(source) => {
+            SavepointEnd::RolledBackInstead {
+                source,
+                cause: first,
+            } => {
                 cause = Some(RollbackCause::Aborted);
                 Some(Error::Aborted {
                     data_source: frame.tx().data_source.name.to_string(),
-                    source,
+                    cause: first,
+                    source: Some(source),
                 })
+            }
+            SavepointEnd::Underneath(error) => {
+                // The whole transaction is gone: nothing around this scope may commit.
+                cause = Some(RollbackCause::Aborted);
+                parent.mark_rollback_only();
+                self.unknown_instead(verdict_error, error)
             }
             SavepointEnd::Failed(error) => {
                 tracing::error!(target: trace::TARGET, parent: &self.span, %error, "ending a savepoint failed; the enclosing transaction is marked rollback-only");
@@ -545,6 +565,24 @@ impl End {
             detail,
         );
         Report::error(error)
+    }
+}
+
+impl End {
+    /// The error a scope that was rolling back returns when the database had ended its
+    /// transaction and may have committed part of it: the body's own error or panic stands;
+    /// an `Ok`, or the library's own error (which would say nothing was committed), gives way
+    /// to `ended`.
+    fn unknown_instead(&self, error: Option<Error>, ended: Error) -> Option<Error> {
+        let body_failed = matches!(
+            self.body,
+            BodyEnd::Err { .. } | BodyEnd::Panic | BodyEnd::Cancelled
+        );
+        if error.is_none() && body_failed {
+            None
+        } else {
+            Some(ended)
+        }
     }
 }
 

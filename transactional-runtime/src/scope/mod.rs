@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use crate::error::Error;
+use crate::inspect::{DatabaseFailure, Facts};
 use crate::options::TxOptions;
 use end::{BodyEnd, Report, ScopeEnd};
 use start::Running;
@@ -72,8 +73,9 @@ pub struct Scope<B: Future, P> {
     panic: Option<Box<dyn Any + Send>>,
 }
 
-/// Describes the body's output when it is an error.
-pub type Describe<R> = fn(&R) -> Option<String>;
+/// Reads the body's output when it is an error: its words (when the flag asks for them, for a
+/// log line) and the database's error inside it (see `inspect`).
+pub type Describe<R> = fn(&R, bool) -> Option<Facts>;
 
 enum Stage {
     Start,
@@ -167,12 +169,18 @@ where
                 let ended = match output.error() {
                     None => BodyEnd::Ok,
                     Some(error) => {
+                        if let Some(describe) = self.describe {
+                            let text =
+                                tracing::enabled!(target: "transactional", tracing::Level::DEBUG);
+                            if let Some(facts) = describe(&output, text) {
+                                running.detail = facts.text;
+                                running.failure = facts.database;
+                            }
+                        }
                         if let (Some(attempt), Some(end)) = (&self.attempt, &mut running.attempt) {
                             end.body_retryable = (attempt.classify)(&output);
-                        }
-                        if let Some(describe) = self.describe {
-                            if tracing::enabled!(target: "transactional", tracing::Level::DEBUG) {
-                                running.detail = describe(&output);
+                            if end.body_retryable && running.failure.is_none() {
+                                running.failure = Some(DatabaseFailure::concurrent_refusal());
                             }
                         }
                         BodyEnd::Err {

@@ -15,6 +15,7 @@ use crate::context::{Context, Mode};
 use crate::data_source::DataSource;
 use crate::error::Error;
 use crate::events::EventKind;
+use crate::inspect::DatabaseFailure;
 use crate::options::{Isolation, TxOptions};
 use crate::propagation::{decide, Decision};
 use crate::trace;
@@ -35,6 +36,8 @@ pub(crate) struct Running {
     pub(super) started: Instant,
     /// The body's error, as text, for the log line of the rollback it causes.
     pub(super) detail: Option<String>,
+    /// The database's error in the body's error, if any.
+    pub(super) failure: Option<DatabaseFailure>,
     /// One attempt of a retried scope.
     pub(super) attempt: Option<AttemptEnd>,
 }
@@ -89,6 +92,7 @@ impl Running {
                 span: span.clone(),
                 started,
                 detail: None,
+                failure: None,
                 attempt,
             });
         }
@@ -221,6 +225,7 @@ impl Running {
             span: span.clone(),
             started,
             detail: None,
+            failure: None,
             attempt,
         })
     }

@@ -1,13 +1,15 @@
-//! Ending: a NESTED scope's RELEASE or ROLLBACK TO, the owner's COMMIT (with the check that
-//! the server had not already rolled back) or ROLLBACK, and the cleanup of a connection whose
-//! transaction is over.
+//! Ending: a NESTED scope's RELEASE or ROLLBACK TO, the owner's COMMIT or ROLLBACK (each sent
+//! with the check that the database had not ended or aborted the transaction already, and with
+//! what gives the session its settings back), and the cleanup of a connection whose transaction
+//! is over.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::time::Instant;
 
-use super::{first_abandoned, Frame, Slot, State, Transaction, CLEANUP_TIMEOUT};
-use crate::dialect::{AbortCheck, Dialect};
+use super::underneath::Underneath;
+use super::{first_abandoned, Frame, SavepointFailure, Slot, State, Transaction, CLEANUP_TIMEOUT};
+use crate::dialect::Dialect;
 use crate::driver::Conn;
 use crate::error::Error;
 use crate::hooks::RollbackCause;
@@ -24,6 +26,10 @@ pub(crate) enum Finished {
     GuardOutlived,
     /// COMMIT was sent and no answer came: it may or may not have happened.
     Unknown(Error),
+    /// The database had ended the transaction before its end, and whether it committed what
+    /// ran until then cannot be known (MySQL commits implicitly before DDL); what ran after was
+    /// rolled back.
+    EndedUnderneath(Error),
     /// The scope was dropped before COMMIT was sent: rolled back.
     Abandoned,
 }
@@ -37,7 +43,14 @@ pub(crate) enum SavepointEnd {
     Gone,
     GuardOutlived,
     /// `RELEASE` failed (PostgreSQL: a statement inside had failed), so it was rolled back to.
-    RolledBackInstead(sqlx::Error),
+    RolledBackInstead {
+        source: sqlx::Error,
+        /// The error of the statement that failed first inside it, where a scope returned it.
+        cause: Option<String>,
+    },
+    /// The database had ended the whole transaction (a deadlock rolled it back, DDL committed
+    /// it): the savepoint went with it. The error says which, where it is known.
+    Underneath(Error),
     Failed(Error),
 }
 impl Transaction {
@@ -124,31 +137,49 @@ impl Transaction {
         if settle {
             self.settle(conn).await?;
         }
+        let rolled_back = |end| match end {
+            Ok(()) => Ok(SavepointEnd::Done),
+            Err(SavepointFailure::Gone(error)) => Ok(SavepointEnd::Underneath(error)),
+            Err(SavepointFailure::Broken(error)) => Err(error),
+        };
         if !release || abandoned.load(Ordering::Acquire) {
-            self.roll_back_to(conn, at, &name).await?;
-            return Ok(if release {
-                SavepointEnd::Abandoned
-            } else {
-                SavepointEnd::Done
-            });
+            return match rolled_back(self.roll_back_to(conn, at, &name).await)? {
+                SavepointEnd::Done if release => Ok(SavepointEnd::Abandoned),
+                end => Ok(end),
+            };
         }
         // A NESTED scope inside this one was dropped: its work goes before this one's is kept.
         if let Some((above, inner)) = abandoned_above {
-            self.roll_back_to(conn, above, &inner).await?;
+            if let end @ SavepointEnd::Underneath(_) =
+                rolled_back(self.roll_back_to(conn, above, &inner).await)?
+            {
+                return Ok(end);
+            }
         }
         match conn.run_control(&dialect.release_savepoint(&name)).await {
             Ok(_) => {
                 self.lock().savepoints.truncate(at);
                 Ok(SavepointEnd::Done)
             }
-            Err(source @ sqlx::Error::Database(_)) => {
+            Err(source @ sqlx::Error::Database(_)) => match self.savepoint_failure(source, &name) {
+                SavepointFailure::Gone(error) => Ok(SavepointEnd::Underneath(error)),
                 // PostgreSQL refuses RELEASE once a statement inside failed: undo the
                 // savepoint's work, which also leaves the outer transaction usable.
-                match self.roll_back_to(conn, at, &name).await {
-                    Ok(()) => Ok(SavepointEnd::RolledBackInstead(source)),
-                    Err(_) => Err(self.statement_error(source)),
+                SavepointFailure::Broken(error) => {
+                    let cause = self.failure_within(at);
+                    match self.roll_back_to(conn, at, &name).await {
+                        Ok(()) => Ok(SavepointEnd::RolledBackInstead {
+                            source: match error {
+                                Error::Savepoint { source, .. } => source,
+                                _ => unreachable!("a savepoint statement's failure"),
+                            },
+                            cause,
+                        }),
+                        Err(SavepointFailure::Gone(error)) => Ok(SavepointEnd::Underneath(error)),
+                        Err(SavepointFailure::Broken(_)) => Err(error),
+                    }
                 }
-            }
+            },
             Err(source) => Err(self.statement_error(source)),
         }
     }
@@ -206,19 +237,13 @@ impl Transaction {
                 };
             }
         };
-        let (finished, still_open) = if commit {
-            match self
-                .commit(&mut conn, deadline, abandoned, committing)
-                .await
-            {
-                Ok(committed) => committed,
-                Err(error) => (
-                    Finished::NotCommitted(error, RollbackCause::CommitFailed),
-                    true,
-                ),
-            }
-        } else {
-            (Finished::RolledBack, true)
+        let finished = match self
+            .close(&mut conn, commit, deadline, abandoned, committing)
+            .await
+        {
+            Ok(finished) => finished,
+            Err(error) if commit => Finished::NotCommitted(error, RollbackCause::CommitFailed),
+            Err(_) => Finished::RolledBack,
         };
         if let Finished::Unknown(_) = finished {
             // The connection's state is unknown: closed, never reused.
@@ -226,117 +251,138 @@ impl Transaction {
             self.release(None);
             return finished;
         }
-        if still_open {
-            self.roll_back(&mut conn).await;
-        }
         self.release(Some(conn));
         finished
     }
 
-    /// COMMIT; also says whether the transaction is still open (and needs a ROLLBACK).
-    async fn commit(
+    /// The statements that end the transaction: the cleanup its savepoints need, then COMMIT
+    /// or ROLLBACK with the dialect's check and the session's reset, and what its answer says.
+    async fn close(
         &self,
         conn: &mut Conn,
+        commit: bool,
         deadline: Option<Instant>,
         abandoned: &AtomicBool,
         mut committing: impl FnMut(bool),
-    ) -> Result<(Finished, bool), Error> {
-        let dialect = self.dialect();
-        let (settle, still_open) = {
+    ) -> Result<Finished, Error> {
+        let (settle, still_open, reset) = {
             let st = self.lock();
             let first = st.savepoints.first().map(|open| open.name.clone());
-            (st.interrupt_fired, first)
+            (st.interrupt_fired, first, st.reset)
         };
+        if !self.lock().begun {
+            return Ok(if commit {
+                Finished::Committed
+            } else {
+                Finished::RolledBack
+            });
+        }
         if settle {
             self.settle(conn).await?;
         }
-        // The owner's body is over, so a savepoint still open belongs to a NESTED scope that
-        // was dropped, or whose rollback has not run yet: its work is undone before anything
-        // is committed.
-        if let Some(name) = still_open {
-            self.roll_back_to(conn, 0, &name).await?;
+        let mut intent = if commit {
+            Finished::Committed
+        } else {
+            Finished::RolledBack
+        };
+        if commit {
+            // The owner's body is over, so a savepoint still open belongs to a NESTED scope
+            // that was dropped, or whose rollback has not run yet: its work is undone before
+            // anything is committed. (If the transaction is gone, the end finds it so.)
+            if let Some(name) = still_open {
+                if let Err(SavepointFailure::Broken(error)) =
+                    self.roll_back_to(conn, 0, &name).await
+                {
+                    return Err(error);
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                intent = Finished::TimedOut;
+            } else if abandoned.load(Ordering::Acquire) {
+                intent = Finished::Abandoned;
+            }
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok((Finished::TimedOut, true));
-        }
-        if abandoned.load(Ordering::Acquire) {
-            return Ok((Finished::Abandoned, true));
-        }
-        let (sql, check) = dialect.commit();
-        committing(true);
-        let committed = conn.run(sql).await;
-        committing(false);
-        let error = match committed {
-            Ok(_) => return Ok((Finished::Committed, false)),
+        let commit = matches!(intent, Finished::Committed);
+        let dialect = self.dialect();
+        let end = dialect.end(commit, reset);
+        conn.ending();
+        let ended = if commit {
+            committing(true);
+            let ended = conn.run(&end.sql).await;
+            committing(false);
+            ended
+        } else {
+            match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(&end.sql)).await {
+                Ok(ended) => ended,
+                Err(_) => return Err(self.rollback_failed(conn, None)),
+            }
+        };
+        let error = match ended {
+            Ok(()) => {
+                self.lock().reset = None;
+                return Ok(intent);
+            }
             Err(sqlx::Error::Database(error)) => error,
-            Err(source) => {
-                let unknown = Error::Commit {
+            Err(source) if commit => {
+                return Ok(Finished::Unknown(Error::Commit {
                     outcome_unknown: true,
                     source,
-                };
-                return Ok((Finished::Unknown(unknown), false));
+                }))
             }
+            Err(source) => return Err(self.rollback_failed(conn, Some(source))),
         };
-        let code = error.code().map(|c| c.into_owned());
-        let (aborted, still_open) = match check {
-            // The probe failed, so COMMIT did not run: an aborted transaction is still open.
-            AbortCheck::ProbeFails {
-                states,
-                not_open,
-                mentions,
-            } => {
-                let aborted = code.as_deref().is_some_and(|c| states.contains(&c))
-                    && mentions.is_none_or(|m| error.message().contains(m));
-                (aborted, code.as_deref() != Some(not_open))
+        let found = dialect.found(end.check, &*error);
+        let underneath = self.found(found);
+        // Roll back what is open (an aborted transaction, one MySQL began after ending ours, a
+        // COMMIT refused), and give the session its settings back.
+        if let Some(sql) = dialect.roll_back_after(found, reset) {
+            match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(&sql)).await {
+                Ok(Ok(())) => self.lock().reset = None,
+                Ok(Err(source)) => {
+                    self.rollback_failed(conn, Some(source));
+                }
+                Err(_) => {
+                    self.rollback_failed(conn, None);
+                }
             }
-            AbortCheck::CommitFails(message) => (error.message().contains(message), false),
-        };
+        }
         let source = sqlx::Error::Database(error);
-        Ok(if aborted {
-            let data_source = self.data_source.name.to_string();
-            let error = Error::Aborted {
-                data_source,
-                source,
-            };
-            (
-                Finished::NotCommitted(error, RollbackCause::Aborted),
-                still_open,
-            )
-        } else {
-            let error = Error::Commit {
-                outcome_unknown: false,
-                source,
-            };
+        Ok(match (underneath, commit) {
+            (Underneath::Ended, _) => {
+                Finished::EndedUnderneath(self.underneath_error(underneath, Some(source)))
+            }
+            (Underneath::RolledBack, true) => Finished::NotCommitted(
+                self.underneath_error(underneath, Some(source)),
+                RollbackCause::Aborted,
+            ),
             // A COMMIT that failed on its own ended the transaction (PostgreSQL, MySQL) or left
             // it open (SQLite busy); an error left by a statement cut off earlier means COMMIT
-            // was never sent. ROLLBACK either way: it is harmless when nothing is open.
-            (
-                Finished::NotCommitted(error, RollbackCause::CommitFailed),
-                true,
-            )
+            // was never sent. Rolled back either way.
+            (Underneath::Intact, true) => Finished::NotCommitted(
+                Error::Commit {
+                    outcome_unknown: false,
+                    source,
+                },
+                RollbackCause::CommitFailed,
+            ),
+            (_, false) => intent,
         })
     }
 
-    /// ROLLBACK; if it fails or takes too long, the connection is closed instead.
-    async fn roll_back(&self, conn: &mut Conn) {
-        let begun = self.lock().begun;
-        if !begun {
-            return;
-        }
-        let sql = self.dialect().rollback();
-        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(sql)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(target: "transactional", %error, "ROLLBACK failed; closing the connection instead");
-                conn.set_clean(false);
-                self.lock().broken = true;
+    /// A ROLLBACK that failed or took too long: the connection is closed instead (the server
+    /// rolls back what was open).
+    fn rollback_failed(&self, conn: &mut Conn, error: Option<sqlx::Error>) -> Error {
+        match &error {
+            Some(error) => {
+                tracing::warn!(target: "transactional", %error, "ROLLBACK failed; closing the connection instead")
             }
-            Err(_) => {
-                tracing::warn!(target: "transactional", "ROLLBACK did not finish in time; closing the connection instead");
-                conn.set_clean(false);
-                self.lock().broken = true;
+            None => {
+                tracing::warn!(target: "transactional", "ROLLBACK did not finish in time; closing the connection instead")
             }
         }
+        conn.set_clean(false);
+        self.lock().broken = true;
+        self.broken()
     }
 
     /// Returns a connection whose transaction is over to its pool, clean, or closes it.
@@ -388,8 +434,12 @@ impl Cleanup {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let cleaned = tokio::time::timeout(CLEANUP_TIMEOUT, async {
-                    for sql in self.rollback.into_iter().chain(self.reset) {
-                        conn.run_control(sql).await?;
+                    if let Some(rollback) = self.rollback {
+                        conn.ending();
+                        conn.run_control(rollback).await?;
+                    }
+                    if let Some(reset) = self.reset {
+                        conn.run_control(reset).await?;
                     }
                     if self.disarm {
                         conn.get_mut().disarm_interrupt().await?;

@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{first_abandoned, Frame, Lease, Level, Open, Slot, State, Transaction};
+use super::{
+    first_abandoned, Frame, Lease, Level, Open, SavepointFailure, Slot, State, Transaction,
+    Underneath,
+};
 use crate::detach::Detachable;
 use crate::dialect::Dialect;
-use crate::driver::Conn;
+use crate::driver::{Conn, Watch};
 use crate::error::Error;
 use crate::status::{counted_wait, Counted};
 
@@ -83,6 +86,13 @@ impl Transaction {
         let mut st = self.lock();
         if st.broken {
             return Err(self.broken());
+        }
+        let underneath = self.underneath(&st);
+        if underneath != Underneath::Intact {
+            // Whatever would run now would not be part of the transaction: MySQL would run it
+            // in a new one, SQLite in autocommit (its watch refuses that commit).
+            drop(st);
+            return Err(self.underneath_error(underneath, None));
         }
         if st.cancelling > 0 {
             // A statement cancel is on its way: nothing else may run before it lands.
@@ -243,15 +253,31 @@ impl Transaction {
                 return Err(self.fail(conn, error));
             }
         }
-        if plan.arm {
-            match conn.get_mut().arm_interrupt(self.interrupt.clone()).await {
-                Ok(armed) => self.lock().interrupt_armed = armed,
+        // SQLite's hooks watch every transaction from its BEGIN; its progress handler is
+        // armed for a deadline. Both in one visit to the connection's worker.
+        let watch = (plan.begin && dialect == Dialect::Sqlite).then(|| Arc::new(Watch::default()));
+        if plan.arm || watch.is_some() {
+            let interrupt = plan.arm.then(|| self.interrupt.clone());
+            match conn.get_mut().arm(watch.clone(), interrupt).await {
+                Ok(armed) => {
+                    let mut st = self.lock();
+                    st.interrupt_armed |= armed.interrupting;
+                    if let (true, Some(watch)) = (armed.watching, watch) {
+                        conn.watched_by(watch.clone());
+                        st.watch = Some(watch);
+                    }
+                }
                 Err(source) => return Err(self.fail(conn, self.statement_error(source))),
             }
         }
         if let Some((at, name)) = plan.cleanup {
-            if let Err(error) = self.roll_back_to(&mut conn, at, &name).await {
-                return Err(self.fail(conn, error));
+            match self.roll_back_to(&mut conn, at, &name).await {
+                Ok(()) => {}
+                Err(SavepointFailure::Gone(error)) => {
+                    self.give_back(Some(conn));
+                    return Err(error);
+                }
+                Err(SavepointFailure::Broken(error)) => return Err(self.fail(conn, error)),
             }
         }
         if !opened && (!opens.is_empty() || session_query.is_some()) {

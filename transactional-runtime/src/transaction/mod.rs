@@ -10,6 +10,7 @@
 mod end;
 mod lend;
 mod level;
+mod underneath;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -25,9 +26,11 @@ pub(crate) use level::{Frame, Level, Role};
 
 use crate::data_source::DataSource;
 use crate::dialect::Dialect;
-use crate::driver::{Conn, TxConnection};
+use crate::driver::{Conn, TxConnection, Watch};
 use crate::error::Error;
+use crate::inspect::DatabaseFailure;
 use crate::options::TxOptions;
+use underneath::{forget_failures, Underneath};
 
 /// How long cleanup after a cancellation (a ROLLBACK, a ROLLBACK TO SAVEPOINT, draining a
 /// statement that was cut off) may take before the connection is closed instead. Closing is
@@ -50,7 +53,7 @@ pub(crate) struct Transaction {
     changed: Notify,
     /// The owner is ending it: nothing new is lent.
     ended: AtomicBool,
-    /// SQLite: set to stop the running statement (see `Driver::arm_interrupt`).
+    /// SQLite: set to stop the running statement (see `TxConnection::arm`).
     interrupt: Arc<AtomicBool>,
     savepoints: AtomicU32,
 }
@@ -65,7 +68,14 @@ struct State {
     session: Option<i64>,
     interrupt_armed: bool,
     interrupt_fired: bool,
+    /// SQLite's account of the transaction (see `driver::Watch`).
+    watch: Option<Arc<Watch>>,
+    /// A statement that gives the session its setting back, until it has been sent.
     reset: Option<&'static str>,
+    /// Database errors the scopes' bodies returned, by level, while that level's work stands.
+    failures: Vec<(u64, DatabaseFailure)>,
+    /// What the database did to the transaction by itself, once found.
+    underneath: Underneath,
     /// Its connection was lost or closed half-way: nothing more runs in it.
     broken: bool,
     /// The owner has ended it: a connection given back is cleaned up and released.
@@ -153,15 +163,22 @@ impl Transaction {
     }
 
     /// Rolls back to the savepoint at `at` (and releases it), closing the savepoints above it.
-    async fn roll_back_to(&self, conn: &mut Conn, at: usize, name: &str) -> Result<(), Error> {
+    async fn roll_back_to(
+        &self,
+        conn: &mut Conn,
+        at: usize,
+        name: &str,
+    ) -> Result<(), SavepointFailure> {
         let sql = self.dialect().rollback_to_savepoint(name);
         match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(&sql)).await {
             Ok(Ok(_)) => {
-                self.lock().savepoints.truncate(at);
+                let mut st = self.lock();
+                forget_failures(&mut st, at);
+                st.savepoints.truncate(at);
                 Ok(())
             }
-            Ok(Err(source)) => Err(self.statement_error(source)),
-            Err(_) => Err(self.broken()),
+            Ok(Err(source)) => Err(self.savepoint_failure(source, name)),
+            Err(_) => Err(SavepointFailure::Broken(self.broken())),
         }
     }
 
@@ -172,11 +189,22 @@ impl Transaction {
     async fn settle(&self, conn: &mut Conn) -> Result<(), Error> {
         let waited = tokio::time::timeout(CLEANUP_TIMEOUT, conn.get_mut().settle_interrupt()).await;
         self.interrupt.store(false, Ordering::Release);
-        self.lock().interrupt_fired = false;
+        let watch = {
+            let mut st = self.lock();
+            st.interrupt_fired = false;
+            st.watch.clone()
+        };
         if !matches!(waited, Ok(Ok(_))) {
             return Err(self.broken());
         }
-        // BEGIN fails inside a transaction; outside one it starts a transaction we undo.
+        if let Some(watch) = watch {
+            return match watch.rolled_back() {
+                true => Err(self.broken()),
+                false => Ok(()),
+            };
+        }
+        // Unwatched (sqlx's Any driver): BEGIN fails inside a transaction; outside one it
+        // starts a transaction we undo.
         if conn.run("BEGIN").await.is_ok() {
             let _ = conn.run_control("ROLLBACK").await;
             return Err(self.broken());
@@ -307,6 +335,16 @@ impl Transaction {
         drop(st);
         self.changed.notify_waiters();
     }
+}
+
+/// How a statement on a savepoint failed.
+pub(crate) enum SavepointFailure {
+    /// The database had ended the whole transaction: the connection is usable (the end of the
+    /// transaction rolls back what ran since and gives the session its settings back), the
+    /// transaction is not.
+    Gone(Error),
+    /// The connection's state is unknown: it is closed.
+    Broken(Error),
 }
 
 fn first_abandoned(open: &[Open]) -> Option<(usize, String)> {
