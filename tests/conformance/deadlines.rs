@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use transactional::{Propagation::*, Transactional};
 
-use crate::common::{AppError, AppResult, Log};
+use crate::common::{AppError, AppResult, Env, Log, My, Pg, TestDb};
 use crate::conformance;
 
 fn timed(p: transactional::Propagation, ms: u64) -> Transactional {
@@ -164,4 +164,135 @@ conformance! {
             }
         }
     }
+}
+
+/// The session id behind the current connection (MySQL, PostgreSQL).
+async fn session<D: TestDb>() -> AppResult<i64>
+where
+    for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
+{
+    let mut conn = transactional::connection::<D::DB>().await?;
+    Ok(D::session_id(&mut conn).await?)
+}
+
+/// MariaDB: a 500 ms deadline over an INSERT then `SELECT SLEEP(5)`, in each shape a scope
+/// can have: within a second of the deadline the SLEEP is stopped and the session has no
+/// InnoDB transaction left (`information_schema.INNODB_TRX`), so no lock outlives the call;
+/// nothing of the timed-out work is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_stops_the_statement_and_its_transaction_at_the_deadline() {
+    let Some(env) = Env::<My>::with_pool("deadline_trx", 2, Duration::from_secs(5)).await else {
+        return;
+    };
+    let table = env.table.clone();
+    for shape in ["one guard", "one round trip", "joined", "nested"] {
+        env.observe(format!("DELETE FROM {table}")).await;
+        let sid = std::sync::atomic::AtomicI64::new(0);
+        let body = async {
+            sid.store(session::<My>().await?, std::sync::atomic::Ordering::SeqCst);
+            let mut conn = transactional::connection::<sqlx::MySql>().await?;
+            if shape == "one round trip" {
+                let sql = format!("INSERT INTO {table} (id) VALUES (1); SELECT SLEEP(5)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *conn)
+                    .await?;
+            } else {
+                let sql = format!("INSERT INTO {table} (id) VALUES (1)");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("SELECT SLEEP(5)").execute(&mut *conn).await?;
+            }
+            Ok::<_, AppError>(())
+        };
+        let started = Instant::now();
+        let r: AppResult<()> = match shape {
+            "joined" | "nested" => {
+                let inner = if shape == "nested" { Nested } else { Required };
+                env.run(Transactional::new().run(async {
+                    let timed_out = timed(inner, 500).run(body).await;
+                    assert!(timed_out.unwrap_err().is_timeout(), "{shape}");
+                    env.insert(2).await
+                }))
+                .await
+            }
+            _ => env.run(timed(Required, 500).run(body)).await,
+        };
+        assert_prompt(shape, started, Duration::from_millis(500));
+        match shape {
+            "joined" => assert!(r.as_ref().unwrap_err().is_unexpected_rollback(), "{r:?}"),
+            "nested" => r.unwrap(),
+            _ => assert!(r.unwrap_err().is_timeout(), "{shape}"),
+        }
+        let sid = sid.load(std::sync::atomic::Ordering::SeqCst);
+        let deadline = started + Duration::from_millis(500);
+        tokio::time::sleep_until((deadline + Duration::from_secs(1)).into()).await;
+        let mut observer = env.observer.acquire().await.unwrap();
+        let running = My::scalar(&mut observer, format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {sid} AND INFO LIKE '%SLEEP%'"
+        )).await.unwrap();
+        let open = My::scalar(
+            &mut observer,
+            format!(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = {sid}"
+        ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (running, open),
+            (0, 0),
+            "{shape}: 1 s after the deadline, session {sid}: SLEEP running, transaction open"
+        );
+        let kept = if shape == "nested" { vec![2] } else { vec![] };
+        assert_eq!(env.ids().await, kept, "{shape}");
+    }
+    env.eventually("the pool is idle and clean", || async {
+        env.pool_is_idle() && env.pool_is_clean().await
+    })
+    .await;
+}
+
+/// PostgreSQL: a statement that ignores its cancel (it catches `query_canceled` and sleeps
+/// again) is stopped by ending its session: shortly after the deadline no session of the
+/// test is busy or in a transaction, nothing is committed, and the pool still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_ignores_its_cancel_loses_its_session() {
+    let Some(env) = Env::<Pg>::with_pool("deadline_stuck", 2, Duration::from_secs(5)).await else {
+        return;
+    };
+    let stubborn = "DO $$ BEGIN FOR i IN 1..3 LOOP BEGIN PERFORM pg_sleep(2); \
+                    EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$";
+    let started = Instant::now();
+    let r: AppResult<()> = env
+        .run(timed(Required, 300).run(async {
+            env.insert(1).await?;
+            env.exec_current(stubborn.into()).await
+        }))
+        .await;
+    assert_prompt("postgres", started, Duration::from_millis(300));
+    assert!(r.unwrap_err().is_timeout());
+    tokio::time::sleep_until((started + Duration::from_millis(1800)).into()).await;
+    let mut observer = env.observer.acquire().await.unwrap();
+    let busy = Pg::scalar(
+        &mut observer,
+        format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = '{}' AND state <> 'idle' \
+         AND pid <> pg_backend_pid()",
+        env.table
+    ),
+    )
+    .await
+    .unwrap();
+    drop(observer);
+    assert_eq!(
+        busy, 0,
+        "1.5 s after the deadline a session of the test is still busy"
+    );
+    assert!(env.ids().await.is_empty());
+    let r: AppResult<()> = env.run(Transactional::new().run(env.insert(2))).await;
+    r.unwrap();
+    assert_eq!(env.ids().await, [2]);
+    env.eventually("the pool is clean", || env.pool_is_clean())
+        .await;
 }

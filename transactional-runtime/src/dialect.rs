@@ -181,6 +181,16 @@ impl Dialect {
         }
     }
 
+    /// The statement, run on another connection, that ends `session` (the server rolls back
+    /// its transaction): for a statement that ignored its cancel.
+    pub(crate) fn terminate(self, session: i64) -> Option<String> {
+        match self {
+            Dialect::Postgres => Some(format!("SELECT pg_terminate_backend({session})")),
+            Dialect::MySql => Some(format!("KILL CONNECTION {session}")),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// `COMMIT` (or `ROLLBACK`), with what lets it notice a transaction the database had
     /// already ended or aborted (see [`EndCheck`]), then `reset`. PostgreSQL's `SAVEPOINT`
     /// fails in an aborted transaction (25P02) and outside one (25P01); MySQL's savepoint opened

@@ -252,6 +252,7 @@ impl Running {
     /// dropped.
     pub(super) fn interrupt(&self, timed_out: bool) -> Option<BoxFuture<'static, ()>> {
         let frame = self.frame()?;
+        frame.tx().cut(frame);
         if !timed_out && frame.role == Role::Participant {
             // A joined scope dropped half-way: its statement finishes, the owner decides.
             return None;

@@ -132,7 +132,8 @@ impl Transaction {
         let (settle, name, abandoned_above) = {
             let st = self.lock();
             let above = first_abandoned(&st.savepoints[at + 1..]).map(|(i, n)| (at + 1 + i, n));
-            (st.interrupt_fired, st.savepoints[at].name.clone(), above)
+            let settle = st.interrupt_fired || st.drain;
+            (settle, st.savepoints[at].name.clone(), above)
         };
         if settle {
             self.settle(conn).await?;
@@ -268,7 +269,7 @@ impl Transaction {
         let (settle, still_open, reset) = {
             let st = self.lock();
             let first = st.savepoints.first().map(|open| open.name.clone());
-            (st.interrupt_fired, first, st.reset)
+            (st.interrupt_fired || st.drain, first, st.reset)
         };
         if !self.lock().begun {
             return Ok(if commit {
@@ -312,9 +313,12 @@ impl Transaction {
             committing(false);
             ended
         } else {
-            match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(&end.sql)).await {
+            match tokio::time::timeout(self.cleanup_timeout(), conn.run_control(&end.sql)).await {
                 Ok(ended) => ended,
-                Err(_) => return Err(self.rollback_failed(conn, None)),
+                Err(_) => {
+                    self.rollback_failed(conn, None);
+                    return Err(self.stuck().await);
+                }
             }
         };
         let error = match ended {
@@ -336,7 +340,7 @@ impl Transaction {
         // Roll back what is open (an aborted transaction, one MySQL began after ending ours, a
         // COMMIT refused), and give the session its settings back.
         if let Some(sql) = dialect.roll_back_after(found, reset) {
-            match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(&sql)).await {
+            match tokio::time::timeout(self.cleanup_timeout(), conn.run_control(&sql)).await {
                 Ok(Ok(())) => self.lock().reset = None,
                 Ok(Err(source)) => {
                     self.rollback_failed(conn, Some(source));

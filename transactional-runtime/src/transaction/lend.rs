@@ -112,7 +112,7 @@ impl Transaction {
         let dialect = self.dialect();
         let mut plan = Prepare {
             begin: !st.begun,
-            settle: st.interrupt_fired,
+            settle: st.interrupt_fired || st.drain,
             // To cancel a statement at a deadline, or one of a NESTED scope that is dropped.
             session: (timed || nests) && st.session.is_none() && dialect.session_id().is_some(),
             arm: timed && !st.interrupt_armed && dialect == Dialect::Sqlite,

@@ -40,6 +40,11 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sending a statement cancel to the server may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a cancelled statement may keep the connection before its session is ended from
+/// another connection (the server then rolls back): a statement that ignores the cancel (or a
+/// server that does) never holds a transaction's locks for long after its deadline.
+const STUCK_AFTER_CANCEL: Duration = Duration::from_millis(500);
+
 /// One physical transaction on one connection, taken from the pool at its first use.
 pub(crate) struct Transaction {
     /// What the spans of its scopes share (see `trace`).
@@ -68,6 +73,8 @@ struct State {
     session: Option<i64>,
     interrupt_armed: bool,
     interrupt_fired: bool,
+    /// A statement was cut off: its answer is taken before the connection serves anyone.
+    drain: bool,
     /// SQLite's account of the transaction (see `driver::Watch`).
     watch: Option<Arc<Watch>>,
     /// A statement that gives the session its setting back, until it has been sent.
@@ -83,6 +90,9 @@ struct State {
     /// Statement cancels on their way to the server: the connection is not used, nor
     /// returned to the pool, until they have landed (a late one would hit the next statement).
     cancelling: usize,
+    /// A statement of it was cancelled: one that ignores the cancel gets its session ended
+    /// (see [`STUCK_AFTER_CANCEL`]).
+    cancel_sent: bool,
 }
 
 #[derive(Default)]
@@ -170,7 +180,7 @@ impl Transaction {
         name: &str,
     ) -> Result<(), SavepointFailure> {
         let sql = self.dialect().rollback_to_savepoint(name);
-        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run_control(&sql)).await {
+        match tokio::time::timeout(self.cleanup_timeout(), conn.run_control(&sql)).await {
             Ok(Ok(_)) => {
                 let mut st = self.lock();
                 forget_failures(&mut st, at);
@@ -178,22 +188,71 @@ impl Transaction {
                 Ok(())
             }
             Ok(Err(source)) => Err(self.savepoint_failure(source, name)),
-            Err(_) => Err(SavepointFailure::Broken(self.broken())),
+            Err(_) => Err(SavepointFailure::Broken(self.stuck().await)),
         }
     }
 
-    /// SQLite, after a statement was interrupted: waits for it to end, clears the interrupt,
-    /// and checks that SQLite did not roll the whole transaction back (it does when an
-    /// interrupted statement was writing): then nothing more may run in it, or it would
-    /// autocommit.
+    /// How long a cleanup statement (a ROLLBACK, a ROLLBACK TO) may take, the statement cut
+    /// off before it included, before the connection is given up.
+    fn cleanup_timeout(&self) -> Duration {
+        if self.lock().cancel_sent {
+            STUCK_AFTER_CANCEL
+        } else {
+            CLEANUP_TIMEOUT
+        }
+    }
+
+    /// A cleanup did not finish in time: after a cancel, the statement that ignores it is
+    /// stopped by ending its session from another connection (PostgreSQL
+    /// `pg_terminate_backend`, MySQL `KILL CONNECTION`); the server rolls the transaction back.
+    /// The connection is given up either way.
+    async fn stuck(&self) -> Error {
+        let (session, cancelled) = {
+            let mut st = self.lock();
+            st.broken = true;
+            (st.session, st.cancel_sent)
+        };
+        let terminate = session
+            .filter(|_| cancelled)
+            .and_then(|session| self.dialect().terminate(session));
+        if let Some(sql) = terminate {
+            tracing::warn!(target: "transactional", "a cancelled statement is still running; ending its session");
+            let source = self.data_source.source.clone();
+            match tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(target: "transactional", %error, "could not end the session of a cancelled statement")
+                }
+                Err(_) => {
+                    tracing::warn!(target: "transactional", "ending the session of a cancelled statement took too long")
+                }
+            }
+        }
+        self.broken()
+    }
+
+    /// Before the connection serves anyone after a statement was cut off: takes the answer
+    /// it left (see [`Transaction::cut`]); on SQLite, after an interrupt, waits for the
+    /// statement to end, clears the interrupt, and checks that SQLite did not roll the whole
+    /// transaction back (it does when an interrupted statement was writing): then nothing more
+    /// may run in it, or it would autocommit.
     async fn settle(&self, conn: &mut Conn) -> Result<(), Error> {
+        let (fired, drain) = {
+            let mut st = self.lock();
+            (
+                std::mem::take(&mut st.interrupt_fired),
+                std::mem::take(&mut st.drain),
+            )
+        };
+        if drain {
+            self.drain(conn).await?;
+        }
+        if !fired {
+            return Ok(());
+        }
         let waited = tokio::time::timeout(CLEANUP_TIMEOUT, conn.get_mut().settle_interrupt()).await;
         self.interrupt.store(false, Ordering::Release);
-        let watch = {
-            let mut st = self.lock();
-            st.interrupt_fired = false;
-            st.watch.clone()
-        };
+        let watch = self.lock().watch.clone();
         if !matches!(waited, Ok(Ok(_))) {
             return Err(self.broken());
         }
@@ -210,6 +269,34 @@ impl Transaction {
             return Err(self.broken());
         }
         Ok(())
+    }
+
+    /// A statement cut off (its scope timed out or was dropped while it ran) leaves its answer,
+    /// maybe an error such as MySQL's "query execution was interrupted", to the next command
+    /// sent on the connection: a statement that answers at once takes it, so that it reaches no
+    /// other statement. (On PostgreSQL a cancelled statement has aborted the transaction: the
+    /// next statement is refused, and told so.)
+    async fn drain(&self, conn: &mut Conn) -> Result<(), Error> {
+        for _ in 0..2 {
+            match tokio::time::timeout(self.cleanup_timeout(), conn.run("SELECT 1")).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(sqlx::Error::Database(_))) => {}
+                Ok(Err(_)) => return Err(self.broken()),
+                Err(_) => return Err(self.stuck().await),
+            }
+        }
+        Ok(())
+    }
+
+    /// The scope of `scope` is cut short (its deadline, or its future dropped) while the
+    /// connection may be running a statement for it: the next user of the connection takes
+    /// that statement's answer first (see [`Transaction::drain`]).
+    pub(crate) fn cut(&self, scope: &Frame) {
+        let mut st = self.lock();
+        let holds = matches!(&st.slot, Slot::Lent(holder) if holder.is_within(scope));
+        if holds && self.dialect() != Dialect::Sqlite {
+            st.drain = true;
+        }
     }
 
     /// Closes the connection after a cleanup that could not finish: the transaction is over
@@ -302,6 +389,7 @@ impl Transaction {
         let sql = self.dialect().cancel(st.session?)?;
         let source = self.data_source.source.clone();
         st.cancelling += 1;
+        st.cancel_sent = true;
         let landed = CancelLanded(self.clone());
         Some(Box::pin(async move {
             if let Ok(Err(error)) =
