@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use transactional::Propagation::*;
 
 use common::hook_support::observe;
-use common::{scope, AppError, AppResult, Env, Lite, Log, My, Pg, TestDb};
+use common::{scope, through_proxy, AppError, AppResult, Env, Lite, Log, My, Pg, TestDb};
 
 /// Kills the server session `session` from another connection, and waits until it is gone.
 async fn kill<D: TestDb>(env: &Env<D>, session: i64) {
@@ -249,39 +249,6 @@ impl Restartable {
         tokio::time::sleep(down).await;
         self.up.store(true, Ordering::SeqCst);
     }
-}
-
-/// The server's address in `url`, and `url` pointing at `127.0.0.1:{port}` instead, without
-/// TLS (the proxy passes bytes through, but a restart test needs no TLS).
-fn through_proxy(url: &str) -> (String, String) {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (user, host) = authority.rsplit_once('@').unwrap_or(("", authority));
-    let default_port = if scheme.starts_with("postgres") {
-        5432
-    } else {
-        3306
-    };
-    let upstream = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:{default_port}")
-    };
-    let user = if user.is_empty() {
-        String::new()
-    } else {
-        format!("{user}@")
-    };
-    let tls = if scheme.starts_with("postgres") {
-        "sslmode=disable"
-    } else {
-        "ssl-mode=disabled"
-    };
-    let sep = if path.contains('?') { '&' } else { '?' };
-    (
-        upstream,
-        format!("{scheme}://{user}127.0.0.1:{{port}}/{path}{sep}{tls}"),
-    )
 }
 
 /// The server restarts between two calls: the next call fails cleanly or succeeds, nothing

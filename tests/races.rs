@@ -12,11 +12,13 @@ use sqlx::pool::PoolOptions;
 use sqlx::Database;
 use transactional::{Propagation::*, Transactional};
 
-use common::{AppError, AppResult, Env, Log, My, Pg, TestDb};
+use common::{through_proxy, AppError, AppResult, Env, Log, My, Pg, TestDb};
 
-/// A TCP proxy to `127.0.0.1:upstream` that holds every new connection for `delay` before
-/// connecting it: a database whose new connections are slow (a remote server, a loaded one, TLS).
-async fn slow_connect_proxy(upstream: u16, delay: Duration) -> u16 {
+/// A TCP proxy in front of the test's server for `D` (its URL, as every test reaches it) that
+/// holds every new connection for `delay` before connecting it: a database whose new
+/// connections are slow (a remote server, a loaded one, TLS). Returns the URL through it.
+async fn slow_connect_proxy<D: TestDb>(delay: Duration) -> String {
+    let (upstream, url) = through_proxy(&D::url(std::path::Path::new(""), "races"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -24,33 +26,17 @@ async fn slow_connect_proxy(upstream: u16, delay: Duration) -> u16 {
             let Ok((mut client, _)) = listener.accept().await else {
                 return;
             };
+            let upstream = upstream.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                else {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
                     return;
                 };
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             });
         }
     });
-    port
-}
-
-fn proxied_url<D: TestDb>(port: u16) -> String {
-    match D::NAME {
-        "postgres" => format!("postgres://postgres@127.0.0.1:{port}/test"),
-        "mysql" => format!("mysql://root@127.0.0.1:{port}/test"),
-        _ => unreachable!(),
-    }
-}
-
-fn upstream<D: TestDb>() -> u16 {
-    match D::NAME {
-        "postgres" => 5432,
-        "mysql" => 3306,
-        _ => unreachable!(),
-    }
+    url.replace("{port}", &port.to_string())
 }
 
 /// A NESTED scope that times out while its statement cancel is slow to arrive returns
@@ -61,11 +47,11 @@ where
     for<'c> &'c mut <D::DB as Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
 {
     let env = Env::<D>::new("review_nested_slow_cancel").await.unwrap();
-    let port = slow_connect_proxy(upstream::<D>(), connect_delay).await;
+    let url = slow_connect_proxy::<D>(connect_delay).await;
     let log = Log::default();
     let pool = PoolOptions::<D::DB>::new()
         .max_connections(1)
-        .connect(&proxied_url::<D>(port))
+        .connect(&url)
         .await
         .unwrap();
     let r: AppResult<AppResult<()>> = transactional::with_data_source(
@@ -128,10 +114,10 @@ async fn a_nested_timeout_with_slow_cancel_mysql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_a_late_cancel_hits_the_next_user_of_the_pooled_connection() {
     let env = Env::<Pg>::new("review_late_cancel").await.unwrap();
-    let port = slow_connect_proxy(5432, Duration::from_millis(300)).await;
+    let url = slow_connect_proxy::<Pg>(Duration::from_millis(300)).await;
     let pool = PoolOptions::<sqlx::Postgres>::new()
         .max_connections(1)
-        .connect(&proxied_url::<Pg>(port))
+        .connect(&url)
         .await
         .unwrap();
     let r: AppResult<()> = transactional::with_data_source(

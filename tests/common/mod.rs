@@ -346,6 +346,39 @@ impl<D: TestDb> Drop for Env<D> {
     }
 }
 
+/// The server's address in `url`, and `url` pointing at `127.0.0.1:{port}` instead, without
+/// TLS (the proxy passes bytes through, but a restart test needs no TLS).
+pub fn through_proxy(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let default_port = if scheme.starts_with("postgres") {
+        5432
+    } else {
+        3306
+    };
+    let upstream = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
+    };
+    let user = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    let tls = if scheme.starts_with("postgres") {
+        "sslmode=disable"
+    } else {
+        "ssl-mode=disabled"
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    (
+        upstream,
+        format!("{scheme}://{user}127.0.0.1:{{port}}/{path}{sep}{tls}"),
+    )
+}
+
 /// Polls `fut` at most `polls` times (each poll after it woke up, so that its I/O progresses
 /// in between), then drops it; `None` when it was dropped before it completed.
 pub async fn poll_at_most<F: Future>(fut: F, polls: usize) -> Option<F::Output> {
