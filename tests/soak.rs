@@ -1,6 +1,8 @@
 //! Soak with a model: thousands of annotated calls in random trees of all seven propagation
-//! modes, some run concurrently inside one transaction, with errors, panics, deadlines and dropped futures injected at random, on four
-//! concurrent tasks sharing a pool of ten. Afterwards the rows equal what the model derives
+//! modes, some run concurrently inside one transaction, with errors, panics, deadlines, dropped
+//! futures and transactions the database ends by itself (a deadlock's victim on MariaDB,
+//! `INSERT OR ROLLBACK` on SQLite, a failed statement on PostgreSQL, with branches that go on
+//! writing after it) injected at random, on four concurrent tasks sharing a pool of ten. Afterwards the rows equal what the model derives
 //! from the outcomes the calls reported, every scope that ran to its end returned what the
 //! rules say, the hooks match each transaction's fate, the pool is idle and every connection
 //! in it usable and outside any transaction.
@@ -37,19 +39,23 @@ struct Stats {
     panics: AtomicUsize,
     deadlines: AtomicUsize,
     marks: AtomicUsize,
+    /// Transactions the database ended by itself.
+    underneath: AtomicUsize,
 }
 
 /// One call in flight: its tree, what it recorded, and where it writes.
-struct Run<D> {
+struct Run<D: TestDb> {
     call: Call,
     log: Mutex<Vec<Event>>,
     hooks: Log,
     table: String,
     stats: Arc<Stats>,
+    /// Sessions outside the library: the other side of MySQL's deadlocks.
+    helpers: sqlx::Pool<D::DB>,
     _db: PhantomData<D>,
 }
 
-impl<D> Run<D> {
+impl<D: TestDb> Run<D> {
     fn event(&self, event: Event) {
         self.log.lock().unwrap().push(event);
     }
@@ -214,10 +220,82 @@ fn body<D: TestDb>(run: Arc<Run<D>>, n: usize) -> Scope {
                 let mut conn = transactional::connection::<D::DB>().await?;
                 D::exec(&mut conn, D::slow_statement(3)).await?;
             }
+            End::Underneath => {
+                let ended = end_underneath(&run, n).await;
+                if ended.is_err() {
+                    run.stats.underneath.fetch_add(1, Ordering::Relaxed);
+                    run.event(Event::EndedUnderneath(n));
+                }
+                run.event(Event::BodyDone(n, false));
+                return ended;
+            }
         }
         run.event(Event::BodyDone(n, true));
         Ok(())
     })
+}
+
+/// Makes the database end the transaction of scope `n` by itself, through the current
+/// connection, and returns the error of the statement that did it (`Ok` where the database
+/// did not: MySQL picked the other session as the deadlock's victim).
+async fn end_underneath<D: TestDb>(run: &Run<D>, n: usize) -> AppResult<()> {
+    let table = &run.table;
+    let id = run.call.underneath_id(n);
+    if D::NAME == "mysql" {
+        return deadlock_victim(run, n, id).await;
+    }
+    let mut conn = transactional::connection::<D::DB>().await?;
+    D::exec(&mut conn, format!("INSERT INTO {table} (id) VALUES ({id})")).await?;
+    let again = match D::NAME {
+        "sqlite" => format!("INSERT OR ROLLBACK INTO {table} (id) VALUES ({id})"),
+        _ => format!("INSERT INTO {table} (id) VALUES ({id})"),
+    };
+    D::exec(&mut conn, again).await?;
+    Ok(())
+}
+
+/// MySQL: the current transaction locks row `2 key` of the lock table, a helper session
+/// (heavier: it has written 40 rows) locks `2 key + 1`; each then asks for the other's, and
+/// InnoDB rolls the lighter one back: ours.
+async fn deadlock_victim<D: TestDb>(run: &Run<D>, n: usize, key: i64) -> AppResult<()> {
+    let locks = format!("{}_lk", run.table);
+    let (a, b) = (key * 2, key * 2 + 1);
+    let mut other = run.helpers.acquire().await.expect("a helper session");
+    // Dropped half-way (the call cut), it is closed, its transaction with it.
+    other.close_on_drop();
+    let sql = format!("INSERT IGNORE INTO {locks} (id, n) VALUES ({a}, 0), ({b}, 0)");
+    D::exec(&mut other, sql).await.unwrap();
+    let update = |id: i64| format!("UPDATE {locks} SET n = n + 1 WHERE id = {id}");
+    let mut conn = transactional::connection::<D::DB>().await?;
+    D::exec(&mut conn, update(a)).await?;
+    drop(conn);
+    D::exec(&mut other, "START TRANSACTION".into())
+        .await
+        .unwrap();
+    for k in 0..40 {
+        let sql = format!(
+            "INSERT INTO {locks} (id, n) VALUES ({}, 0)",
+            1 << 40 | key << 6 | k
+        );
+        D::exec(&mut other, sql).await.unwrap();
+    }
+    D::exec(&mut other, update(b)).await.unwrap();
+    run.event(Event::Provoked(n));
+    let ours = async {
+        let mut conn = transactional::connection::<D::DB>().await?;
+        D::exec(&mut conn, update(b)).await?;
+        Ok::<_, AppError>(())
+    };
+    // Whatever its UPDATE answers, the helper lets go of its locks at once: when the
+    // transaction was already ended by another scope (our lock on `a` gone), ours would wait
+    // for them until the lock wait timeout.
+    let theirs = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let _ = D::exec(&mut other, update(a)).await;
+        D::exec(&mut other, "ROLLBACK".into()).await.unwrap();
+    };
+    let (ours, ()) = tokio::join!(ours, theirs);
+    ours
 }
 
 fn outcome(result: &AppResult<()>) -> Outcome {
@@ -230,10 +308,7 @@ fn outcome(result: &AppResult<()>) -> Outcome {
             Error::NoExistingTransaction { .. } => Kind::NoExistingTransaction,
             Error::ExistingTransaction { .. } => Kind::ExistingTransaction,
             Error::RollbackOnlySavepoint { .. } => Kind::RollbackOnlySavepoint,
-            Error::Commit {
-                outcome_unknown: true,
-                ..
-            } => Kind::CommitUnknown,
+            e if e.is_outcome_unknown() => Kind::CommitUnknown,
             e if e.is_timeout() => Kind::Timeout,
             _ => Kind::Other,
         },
@@ -282,7 +357,7 @@ fn target_scopes() -> usize {
 }
 
 /// What one call ended as, seen from the task that ran it.
-struct Finished<D> {
+struct Finished<D: TestDb> {
     run: Arc<Run<D>>,
     dropped: bool,
     /// A panic unwinds through `join_all`, dropping the concurrent siblings of its scope
@@ -295,7 +370,11 @@ where
     for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
 {
     quiet_injected_panics();
-    let Some(env) = Env::<D>::with_pool("soak", 10, Duration::from_secs(10)).await else {
+    // SQLite has one writer: the four calls at a time take turns for its lock. On a loaded
+    // machine a turn can take longer than sqlx's 5 s busy timeout; the soak checks the
+    // library's rules, not how long SQLite waits, so it waits as long as it takes.
+    let setup = D::SINGLE_WRITER.then_some("PRAGMA busy_timeout = 60000");
+    let Some(env) = Env::<D>::with_session("soak", 10, Duration::from_secs(10), setup).await else {
         return;
     };
     // One seed for the run; each database's calls are drawn from it differently.
@@ -311,6 +390,18 @@ where
     }
     let stats = Arc::new(Stats::default());
     let hooks = Log::default();
+    let helpers = sqlx::pool::PoolOptions::<D::DB>::new()
+        .max_connections(4)
+        .connect(&D::url(std::path::Path::new(""), "soak_helpers"))
+        .await
+        .expect("helper sessions");
+    if D::NAME == "mysql" {
+        env.observe(format!(
+            "CREATE TABLE {}_lk (id BIGINT PRIMARY KEY, n BIGINT)",
+            env.table
+        ))
+        .await;
+    }
     let runs: Vec<_> = calls
         .into_iter()
         .map(|call| {
@@ -320,6 +411,7 @@ where
                 hooks: hooks.clone(),
                 table: env.table.clone(),
                 stats: stats.clone(),
+                helpers: helpers.clone(),
                 _db: PhantomData,
             })
         })
@@ -430,7 +522,7 @@ where
     let dropped = finished.iter().filter(|f| f.dropped).count();
     println!(
         "soak {} (SOAK_SEED={base_seed}): {} call trees, {} annotated calls in {:.1?}; injected: {} errors, \
-         {} panics, {} deadlines, {} rollback-only marks, {} dropped calls; {} transactions ({} committed, {} rolled \
+         {} panics, {} deadlines, {} rollback-only marks, {} ended by the database, {} dropped calls; {} transactions ({} committed, {} rolled \
          back, {} unknown); {} rows checked, {} wrong; {} results predicted, {} wrong; pool \
          clean: {clean}, usable: {usable}",
         D::NAME,
@@ -441,6 +533,7 @@ where
         stats.panics.load(Ordering::Relaxed),
         stats.deadlines.load(Ordering::Relaxed),
         stats.marks.load(Ordering::Relaxed),
+        stats.underneath.load(Ordering::Relaxed),
         dropped,
         report.committed + report.rolled_back + report.unknown,
         report.committed,

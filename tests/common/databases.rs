@@ -11,6 +11,10 @@ pub trait TestDb: Sized + Send + Sync + 'static {
     /// One writer at a time for the whole database (SQLite): a second connection cannot write
     /// while a transaction that has written is open.
     const SINGLE_WRITER: bool = false;
+    /// When the database ends a transaction by itself (a deadlock, `INSERT OR ROLLBACK`), it
+    /// ends all of it (MySQL, SQLite), not only the savepoint level the failed statement ran
+    /// at (PostgreSQL aborts that level: rolling back to its savepoint saves the rest).
+    const ENDS_WHOLE_TRANSACTION: bool = true;
 
     /// The URL of a fresh database for one test; `app` names the test's sessions where the
     /// server supports it.
@@ -122,6 +126,7 @@ pub struct Lite;
 impl TestDb for Pg {
     common_impl!(Postgres);
     const NAME: &'static str = "postgres";
+    const ENDS_WHOLE_TRANSACTION: bool = false;
 
     fn url(_: &std::path::Path, app: &str) -> String {
         let base = std::env::var("TEST_POSTGRES_URL")

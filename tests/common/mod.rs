@@ -125,6 +125,16 @@ where
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> Option<Self> {
+        Self::with_session(test, max_connections, acquire_timeout, None).await
+    }
+
+    /// [`Env::with_pool`], with `setup` run on each of the pool's connections as it opens.
+    pub async fn with_session(
+        test: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+        setup: Option<&'static str>,
+    ) -> Option<Self> {
         if skipped(D::NAME) {
             eprintln!("skipping {test} on {}: TRANSACTIONAL_TEST_SKIP", D::NAME);
             return None;
@@ -141,6 +151,14 @@ where
         let pool = PoolOptions::<D::DB>::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if let Some(setup) = setup {
+                        D::exec(conn, setup.to_owned()).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await.unwrap_or_else(|e| {
             panic!(

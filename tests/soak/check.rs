@@ -76,14 +76,34 @@ where
                 }
             }
         }
-        // Nothing cut it: no error but those the model injects or the rules give.
-        if !cut {
+        // Nothing cut it: no error but those the model injects or the rules give. (After the
+        // database ended a transaction, what its later statements get is the database's.)
+        if !cut && !call.ends_underneath() {
             for e in &log {
                 if let Event::Returned(n, Outcome::Err(kind), why) = e {
                     if matches!(kind, Kind::Other | Kind::Timeout | Kind::CommitUnknown) {
                         report.fail(call, &log, format!("scope {n} failed unexpectedly: {why}"));
                     }
                 }
+            }
+        }
+
+        // A transaction the database ended is never reported committed: on MySQL and SQLite
+        // the whole transaction went, on PostgreSQL the level the failed statement aborted
+        // (a NESTED scope around it that was rolled back to saves the rest).
+        for e in &log {
+            let Event::EndedUnderneath(n) = *e else {
+                continue;
+            };
+            let Some((owner, savepoints)) = model::place(call, n) else {
+                continue;
+            };
+            let rolled_back_to = |s: usize| {
+                model::returned(&log, s) != Some(Outcome::Ok) || log.contains(&Event::Marked(s))
+            };
+            let saved = !D::ENDS_WHOLE_TRANSACTION && savepoints.iter().any(|&s| rolled_back_to(s));
+            if !saved && model::fate(call, &log, owner) == Fate::Committed {
+                report.fail(call, &log, format!("the transaction of scope {owner} was ended by the database (scope {n}), yet reported committed"));
             }
         }
 

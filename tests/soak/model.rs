@@ -4,7 +4,8 @@
 //! A call is a tree of scopes. Each scope's body registers hooks (if it begins a transaction;
 //! maybe a before-commit hook that writes a row of its own), writes one row (maybe), calls its children (in order, or all at once with `join_all`: they
 //! share the transaction), maybe calls `set_rollback_only()`, and ends: `Ok`, an `Err`, a panic, or a
-//! slow statement cut by its deadline. A child's `Err` is either returned by its parent (`?`)
+//! slow statement cut by its deadline, or a statement after which the database ends the whole
+//! transaction. A child's `Err` is either returned by its parent (`?`)
 //! or swallowed. The call itself may be dropped after a random number of polls.
 //!
 //! Two checks come out of it:
@@ -74,6 +75,11 @@ pub enum End {
     /// a joined scope: on PostgreSQL its cancelled statement aborts the whole transaction, so
     /// what its siblings then get is not the model's to say (tests/conformance/deadlines.rs).
     Timeout,
+    /// The database ends the transaction by itself (MySQL: the victim of a deadlock with
+    /// another session; SQLite: `INSERT OR ROLLBACK`; PostgreSQL: a duplicate key aborts it),
+    /// and the body returns its error. Whatever runs in the transaction after it (siblings,
+    /// the parent that caught the error) is never kept, and its owner never reports a commit.
+    Underneath,
 }
 
 #[derive(Clone, Debug)]
@@ -133,6 +139,12 @@ pub enum Event {
     Hooks(usize),
     Wrote(usize),
     Marked(usize),
+    /// The database ended the transaction of this scope by itself (see [`End::Underneath`]).
+    EndedUnderneath(usize),
+    /// MySQL: this scope's statement waits in the deadlock that may end its transaction. If
+    /// the scope is cut before it returns the deadlock's error, nothing tells the library
+    /// that a rollback (not an implicit commit) ended it: its outcome is unknown.
+    Provoked(usize),
     BodyDone(usize, bool),
     Returned(usize, Outcome, String),
 }
@@ -174,9 +186,21 @@ impl Call {
         self.id(node) + 32
     }
 
+    /// The row scope `node` writes before the statement that makes the database end its
+    /// transaction (not on MySQL, whose deadlock is on a table of its own).
+    pub fn underneath_id(&self, node: usize) -> i64 {
+        self.id(node) + 16
+    }
+
     /// Whether a deadline inside it may cut work at an unknown point.
     pub fn has_deadline(&self) -> bool {
         self.nodes.iter().any(|n| n.end == End::Timeout)
+    }
+
+    /// Whether a scope of it makes the database end its transaction: then the errors of the
+    /// scopes after it are the database's to say, and the results are not predicted.
+    pub fn ends_underneath(&self) -> bool {
+        self.nodes.iter().any(|n| n.end == End::Underneath)
     }
 }
 
@@ -221,6 +245,7 @@ fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: 
         0..=9 => End::Err,
         10..=12 => End::Panic,
         13..=16 if matches!(role, Role::Begins | Role::Nests) => End::Timeout,
+        17 | 18 if in_tx && may_write => End::Underneath,
         _ => End::Ok,
     };
     let me = nodes.len();
@@ -267,6 +292,9 @@ fn generate_node(rng: &mut Rng, nodes: &mut Vec<Node>, ctx: Ctx, single_writer: 
 /// rest of its parent is then not predicted).
 pub fn predict(call: &Call) -> HashMap<usize, Outcome> {
     let mut out = HashMap::new();
+    if call.ends_underneath() {
+        return out;
+    }
     let mut levels = Vec::new();
     if let Some(root) = simulate(call, 0, &mut levels, &mut out) {
         out.insert(0, root);
@@ -323,6 +351,9 @@ fn simulate(
         End::Err => Outcome::Err(Kind::Boom),
         End::Panic => Outcome::Panicked,
         End::Timeout => Outcome::Err(Kind::Timeout),
+        End::Underneath => {
+            unreachable!("calls that end a transaction underneath are not predicted")
+        }
     });
     let result = match node.role {
         // Its own set_rollback_only() rolls back and keeps the Ok; a participant's mark turns
@@ -369,6 +400,15 @@ pub fn returned(log: &[Event], n: usize) -> Option<Outcome> {
 
 /// The fate of the transaction scope `owner` began.
 pub fn fate(call: &Call, log: &[Event], owner: usize) -> Fate {
+    let unexplained = log.iter().any(|e| match *e {
+        Event::Provoked(n) => {
+            returned(log, n).is_none() && place(call, n).is_some_and(|(o, _)| o == owner)
+        }
+        _ => false,
+    });
+    if unexplained {
+        return Fate::Unknown;
+    }
     // It asked for the rollback itself, or a participant marked it: its end never commits.
     if log.contains(&Event::Marked(owner)) || marked_by_participant(call, log, owner) {
         return Fate::RolledBack;
@@ -409,7 +449,7 @@ pub enum HookFate {
 
 /// The transaction (its owner) and the NESTED scopes inside it, innermost last, around scope
 /// `n` (itself included); `None` outside a transaction.
-fn place(call: &Call, n: usize) -> Option<(usize, Vec<usize>)> {
+pub fn place(call: &Call, n: usize) -> Option<(usize, Vec<usize>)> {
     fn find(
         call: &Call,
         at: usize,
@@ -502,6 +542,10 @@ fn walk(
             Fate::Unknown => Expect::Together(n),
         };
         out.push((call.hook_id(n), expect));
+    }
+    if node.end == End::Underneath {
+        // Written in the transaction the database then ended: never kept.
+        out.push((call.underneath_id(n), Expect::Absent));
     }
     if node.write {
         let wrote = log.contains(&Event::Wrote(n));

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 
 use super::underneath::Underneath;
-use super::{first_abandoned, Frame, SavepointFailure, Slot, State, Transaction, CLEANUP_TIMEOUT};
+use super::{
+    first_abandoned, Cleaning, Frame, SavepointFailure, Slot, State, Transaction, CLEANUP_TIMEOUT,
+};
 use crate::dialect::Dialect;
 use crate::driver::Conn;
 use crate::error::Error;
@@ -313,11 +315,11 @@ impl Transaction {
             committing(false);
             ended
         } else {
-            match tokio::time::timeout(self.cleanup_timeout(), conn.run_control(&end.sql)).await {
+            match self.clean_up(conn, &end.sql, Cleaning::Transaction).await {
                 Ok(ended) => ended,
-                Err(_) => {
+                Err(error) => {
                     self.rollback_failed(conn, None);
-                    return Err(self.stuck().await);
+                    return Err(error);
                 }
             }
         };
@@ -340,7 +342,7 @@ impl Transaction {
         // Roll back what is open (an aborted transaction, one MySQL began after ending ours, a
         // COMMIT refused), and give the session its settings back.
         if let Some(sql) = dialect.roll_back_after(found, reset) {
-            match tokio::time::timeout(self.cleanup_timeout(), conn.run_control(&sql)).await {
+            match self.clean_up(conn, &sql, Cleaning::Transaction).await {
                 Ok(Ok(())) => self.lock().reset = None,
                 Ok(Err(source)) => {
                     self.rollback_failed(conn, Some(source));

@@ -25,7 +25,7 @@ pub(crate) use end::{Finished, SavepointEnd};
 pub(crate) use level::{Frame, Level, Role};
 
 use crate::data_source::DataSource;
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Found};
 use crate::driver::{Conn, TxConnection, Watch};
 use crate::error::Error;
 use crate::inspect::DatabaseFailure;
@@ -40,10 +40,25 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sending a statement cancel to the server may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a cancelled statement may keep the connection before its session is ended from
-/// another connection (the server then rolls back): a statement that ignores the cancel (or a
-/// server that does) never holds a transaction's locks for long after its deadline.
-const STUCK_AFTER_CANCEL: Duration = Duration::from_millis(500);
+/// While a cleanup waits for a cancelled statement, how often the cancel is sent again: the
+/// first one can land before the statement started running on the server, and miss it.
+const CANCEL_AGAIN: Duration = Duration::from_millis(250);
+
+/// How long the end of a transaction waits for a cancelled statement before its session is
+/// ended from another connection (the server then rolls back): a statement that ignores the
+/// cancel (or a server that does) never holds a transaction's locks for long after its
+/// deadline. (Where the transaction goes on after the cleanup, a savepoint's, it is given
+/// [`CLEANUP_TIMEOUT`]: ending the session ends the whole transaction.)
+const STUCK_AFTER_CANCEL: Duration = Duration::from_millis(800);
+
+/// What a cleanup is for: it decides how long a cancelled statement may hold it up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cleaning {
+    /// The transaction's end: ending the session does what the ROLLBACK would.
+    Transaction,
+    /// A savepoint, or the connection before its next use: the transaction goes on.
+    WithinTransaction,
+}
 
 /// One physical transaction on one connection, taken from the pool at its first use.
 pub(crate) struct Transaction {
@@ -81,8 +96,8 @@ struct State {
     reset: Option<&'static str>,
     /// Database errors the scopes' bodies returned, by level, while that level's work stands.
     failures: Vec<(u64, DatabaseFailure)>,
-    /// What the database did to the transaction by itself, once found.
-    underneath: Underneath,
+    /// What the end of the transaction (or of a savepoint) found the database had done to it.
+    found: Option<Found>,
     /// Its connection was lost or closed half-way: nothing more runs in it.
     broken: bool,
     /// The owner has ended it: a connection given back is cleaned up and released.
@@ -180,25 +195,64 @@ impl Transaction {
         name: &str,
     ) -> Result<(), SavepointFailure> {
         let sql = self.dialect().rollback_to_savepoint(name);
-        match tokio::time::timeout(self.cleanup_timeout(), conn.run_control(&sql)).await {
-            Ok(Ok(_)) => {
+        match self.clean_up(conn, &sql, Cleaning::WithinTransaction).await {
+            Ok(Ok(())) => {
                 let mut st = self.lock();
                 forget_failures(&mut st, at);
                 st.savepoints.truncate(at);
                 Ok(())
             }
             Ok(Err(source)) => Err(self.savepoint_failure(source, name)),
-            Err(_) => Err(SavepointFailure::Broken(self.stuck().await)),
+            Err(error) => Err(SavepointFailure::Broken(error)),
         }
     }
 
-    /// How long a cleanup statement (a ROLLBACK, a ROLLBACK TO) may take, the statement cut
-    /// off before it included, before the connection is given up.
-    fn cleanup_timeout(&self) -> Duration {
-        if self.lock().cancel_sent {
-            STUCK_AFTER_CANCEL
-        } else {
-            CLEANUP_TIMEOUT
+    /// Runs a cleanup statement (a ROLLBACK, a ROLLBACK TO, a drain), which first waits for
+    /// any statement cut off before it. After a cancel, the cancel is sent again while it
+    /// waits (the first may have reached the server before the statement did); a statement
+    /// that still holds the connection after [`STUCK_AFTER_CANCEL`] (the transaction's end) or
+    /// [`CLEANUP_TIMEOUT`] (within the transaction), as a cleanup without a cancel after
+    /// [`CLEANUP_TIMEOUT`], gives the connection up: `Err`, the transaction broken.
+    async fn clean_up(
+        &self,
+        conn: &mut Conn,
+        sql: &str,
+        cleaning: Cleaning,
+    ) -> Result<Result<(), sqlx::Error>, Error> {
+        let again = {
+            let st = self.lock();
+            st.session
+                .filter(|_| st.cancel_sent)
+                .and_then(|session| self.dialect().cancel(session))
+        };
+        let limit = match (&again, cleaning) {
+            (Some(_), Cleaning::Transaction) => STUCK_AFTER_CANCEL,
+            _ => CLEANUP_TIMEOUT,
+        };
+        let give_up = tokio::time::sleep(limit);
+        let run = conn.run_control(sql);
+        tokio::pin!(give_up, run);
+        let mut resend = tokio::time::interval_at(Instant::now() + CANCEL_AGAIN, CANCEL_AGAIN);
+        // Cancels sent again land before this returns: a late one would hit the next statement.
+        let mut landing = futures_util::stream::FuturesUnordered::new();
+        let ran = loop {
+            tokio::select! {
+                ran = &mut run => break Some(ran),
+                () = &mut give_up => break None,
+                _ = resend.tick(), if again.is_some() => {
+                    let source = self.data_source.source.clone();
+                    let sql = again.clone().expect("checked by the branch's condition");
+                    landing.push(async move {
+                        let _ = tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await;
+                    });
+                }
+                Some(()) = futures_util::StreamExt::next(&mut landing), if !landing.is_empty() => {}
+            }
+        };
+        while futures_util::StreamExt::next(&mut landing).await.is_some() {}
+        match ran {
+            Some(ran) => Ok(ran),
+            None => Err(self.stuck().await),
         }
     }
 
@@ -277,15 +331,13 @@ impl Transaction {
     /// other statement. (On PostgreSQL a cancelled statement has aborted the transaction: the
     /// next statement is refused, and told so.)
     async fn drain(&self, conn: &mut Conn) -> Result<(), Error> {
-        for _ in 0..2 {
-            match tokio::time::timeout(self.cleanup_timeout(), conn.run("SELECT 1")).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(sqlx::Error::Database(_))) => {}
-                Ok(Err(_)) => return Err(self.broken()),
-                Err(_) => return Err(self.stuck().await),
-            }
+        match self
+            .clean_up(conn, "SELECT 1", Cleaning::WithinTransaction)
+            .await?
+        {
+            Ok(()) | Err(sqlx::Error::Database(_)) => Ok(()),
+            Err(_) => Err(self.broken()),
         }
-        Ok(())
     }
 
     /// The scope of `scope` is cut short (its deadline, or its future dropped) while the

@@ -29,24 +29,18 @@ impl Transaction {
         self.lock().failures.push((level, failure));
     }
 
-    /// What the database did underneath, as known now (SQLite's watch is asked).
+    /// What the database did underneath, as known now: from SQLite's watch, and from what
+    /// the transaction's ends found, read with the failures the scopes have returned so far (a
+    /// failure returned after another user of the connection found the transaction gone still
+    /// explains it).
     pub(super) fn underneath(&self, st: &State) -> Underneath {
-        match st.underneath {
-            Underneath::Intact if st.watch.as_ref().is_some_and(|w| w.rolled_back()) => {
-                Underneath::RolledBack
-            }
-            known => known,
+        if st.watch.as_ref().is_some_and(|w| w.rolled_back()) {
+            return Underneath::RolledBack;
         }
-    }
-
-    /// The end of the transaction (or of a savepoint) found it aborted or gone: what that
-    /// means, remembered for the levels that end after.
-    pub(super) fn found(&self, found: Found) -> Underneath {
-        let mut st = self.lock();
-        let now = match found {
-            Found::Failed => return self.underneath(&st),
-            Found::Aborted => Underneath::RolledBack,
-            Found::Gone => match self.dialect() {
+        match st.found {
+            None | Some(Found::Failed) => Underneath::Intact,
+            Some(Found::Aborted) => Underneath::RolledBack,
+            Some(Found::Gone) => match self.dialect() {
                 // Only the watch can tell: a commit it did not allow is refused, so a
                 // transaction it saw end was rolled back.
                 Dialect::Sqlite if st.watch.is_some() => Underneath::RolledBack,
@@ -61,11 +55,17 @@ impl Transaction {
                 // through a guard).
                 Dialect::Postgres => Underneath::Ended,
             },
-        };
-        if st.underneath == Underneath::Intact {
-            st.underneath = now;
         }
-        st.underneath
+    }
+
+    /// The end of the transaction (or of a savepoint) found it aborted or gone: remembered
+    /// for the levels that end after; what it means, as known now.
+    pub(super) fn found(&self, found: Found) -> Underneath {
+        let mut st = self.lock();
+        if found != Found::Failed && st.found.is_none() {
+            st.found = Some(found);
+        }
+        self.underneath(&st)
     }
 
     /// The error of the statement that failed first at the savepoint at `at` or inside it,
