@@ -38,7 +38,10 @@ pub enum Outcome {
     Committed,
     /// The transaction was rolled back.
     RolledBack,
-    /// The connection failed during COMMIT: it may or may not have been committed.
+    /// It may or may not have been committed: the connection failed during COMMIT, or the
+    /// database ended the transaction by itself in a way it cannot be asked about (MySQL's
+    /// implicit commit before DDL looks like its rollback of a deadlock; see
+    /// [`Error::EndedUnderneath`]).
     Unknown,
 }
 
@@ -63,8 +66,9 @@ pub enum RollbackCause {
     BeforeCommitFailed,
     /// COMMIT failed on the server, which rolled the transaction back.
     CommitFailed,
-    /// The database had already rolled the transaction back when it was to be committed (on
-    /// PostgreSQL, a statement inside it failed; on MySQL, a deadlock).
+    /// The database had already rolled the transaction back (or aborted it) when its scope
+    /// ended: on PostgreSQL a statement inside it failed, on MySQL a deadlock, on SQLite an
+    /// `INSERT OR ROLLBACK` or an interrupted write.
     Aborted,
     /// A connection guard outlived the scope.
     GuardOutlivedScope,
