@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use transactional::{Propagation::*, Transactional};
 
+use crate::common::underneath::ended_by_the_database;
 use crate::common::{poll_at_most, scope, AppError, AppResult, Env, Log, TestDb};
 use crate::conformance;
 
@@ -16,12 +17,18 @@ use crate::conformance;
 enum Shape {
     Required,
     RequiresNewInRequired,
-    NestedInRequired { nested_fails: bool },
-    NestedInNested { inner_fails: bool },
+    NestedInRequired {
+        nested_fails: bool,
+    },
+    NestedInNested {
+        inner_fails: bool,
+    },
+    /// The database ends the transaction by itself; the body catches the error and writes on.
+    EndedUnderneath,
 }
 
 impl Shape {
-    const ALL: [Shape; 6] = [
+    const ALL: [Shape; 7] = [
         Shape::Required,
         Shape::RequiresNewInRequired,
         Shape::NestedInRequired {
@@ -30,6 +37,7 @@ impl Shape {
         Shape::NestedInRequired { nested_fails: true },
         Shape::NestedInNested { inner_fails: false },
         Shape::NestedInNested { inner_fails: true },
+        Shape::EndedUnderneath,
     ];
 
     async fn run<D: TestDb>(self, env: &Env<D>, log: &Log, base: i64) -> AppResult<()>
@@ -109,6 +117,17 @@ impl Shape {
                     })
                     .await
             }
+            Shape::EndedUnderneath => {
+                scope(Required)
+                    .run(async {
+                        env.insert(base + 1).await?;
+                        log.record("outer").await;
+                        let _ = ended_by_the_database(env, base + 3).await;
+                        let _ = env.insert(base + 2).await;
+                        Ok(())
+                    })
+                    .await
+            }
         }
     }
 
@@ -151,6 +170,8 @@ impl Shape {
                 ([1, 2, 10, 11], true) => committed("n1") && silent("n2"),
                 _ => false,
             },
+            // Never committed, whatever was cut where.
+            Shape::EndedUnderneath => rows.is_empty() && not_committed("outer"),
         };
         if ok {
             Ok(())
@@ -196,6 +217,10 @@ conformance! {
     /// Every shape, dropped after each of its polls in turn.
     async fn dropped_at_every_await_the_rows_pool_and_hooks_agree(env: Env<D>, pool(2, Duration::from_secs(5))) {
         for (n, shape) in Shape::ALL.into_iter().enumerate() {
+            // MySQL's deadlock takes a third of a second to set up: its drops are the soak's.
+            if D::NAME == "mysql" && matches!(shape, Shape::EndedUnderneath) {
+                continue;
+            }
             let mut completed = false;
             for k in 1..400 {
                 let base = (n as i64 * 400 + k as i64) * 100;
@@ -203,7 +228,10 @@ conformance! {
                 let ran = poll_at_most(env.run(shape.run(&env, &log, base)), k).await;
                 settled(&env, shape, &log, base, k).await;
                 if let Some(result) = ran {
-                    result.unwrap();
+                    match shape {
+                        Shape::EndedUnderneath => assert!(result.is_err(), "{result:?}"),
+                        _ => result.unwrap(),
+                    }
                     completed = true;
                     break;
                 }
