@@ -227,6 +227,9 @@ impl Dialect {
             ),
             Dialect::Sqlite => (None, EndCheck::Statement("no transaction is active")),
         };
+        // An explicit COMMIT even where the reset would commit implicitly (MySQL's `SET
+        // autocommit = 1`): that implicit commit does not reset `SET TRANSACTION`'s one-shot
+        // characteristics, so a READ ONLY would outlive its transaction.
         let sql = probe
             .into_iter()
             .chain([if commit { "COMMIT" } else { "ROLLBACK" }])
