@@ -117,7 +117,8 @@ mod fake {
 
         // How the expansion reads an error: the runtime's own.
         pub use transactional::__private::{
-            Facts, Inspect, ViaDisplay, ViaDynError, ViaError, ViaNothing, ViaSendSyncDynError,
+            Facts, Inspect, ViaDisplay, ViaDynError, ViaError, ViaNothing, ViaRetryable,
+            ViaSendSyncDynError,
         };
 
         pub type Describe<R> = fn(&R, bool) -> Option<Facts>;

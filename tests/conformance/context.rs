@@ -68,6 +68,35 @@ conformance! {
 }
 
 conformance! {
+    /// REQUIRES_NEW scopes starving a pool: 8 concurrent calls on a pool of 3, each an outer
+    /// transaction that holds a connection while its REQUIRES_NEW scope needs another. Every
+    /// call that gets no connection says why, whether it failed in an inner scope or at an
+    /// outer scope's first statement (which waits for connections the suspended transactions
+    /// hold).
+    async fn a_pool_starved_by_requires_new_says_so_in_every_error(env: Env<D>, pool(3, Duration::from_millis(300))) {
+        let env = &env;
+        let calls = (0..8).map(|_| scope(Required).run(async move {
+            env.visible().await?;
+            scope(RequiresNew).run(async {
+                env.visible().await?;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Ok::<_, AppError>(())
+            }).await
+        }));
+        let results: Vec<AppResult<()>> = env.run(futures_util::future::join_all(calls)).await;
+        let mut starved = 0;
+        for r in &results {
+            if let Err(AppError::Tx(e @ transactional::Error::Acquire { .. })) = r {
+                starved += 1;
+                assert!(e.to_string().contains("REQUIRES_NEW"), "{e}: {results:?}");
+            }
+        }
+        assert!(starved > 0, "some calls found the pool exhausted: {results:?}");
+        env.eventually("the pool is clean", || env.pool_is_clean()).await;
+    }
+}
+
+conformance! {
     /// A guard kept past the end of its scope: the scope fails and rolls back, using the guard
     /// panics with "transaction already finished", and dropping it returns the connection to
     /// the pool outside any transaction.

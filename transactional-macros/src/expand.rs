@@ -129,7 +129,7 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
         return retrying(args, &krate, builder, (retries, span), send, parts);
     }
     // With the return type's span too: a return type the runtime cannot use is reported there.
-    let describe = match describe_errors(&krate, &sig.output) {
+    let describe = match describe_errors(&krate, &sig.output, false) {
         Some(describe) => quote_spanned!(ret_span=> ::core::option::Option::Some(#describe)),
         None => quote_spanned!(ret_span=> ::core::option::Option::None),
     };
@@ -167,6 +167,12 @@ struct Parts {
 /// ```text
 /// ::transactional::__private::<send | local>_retrying(<builder>, N, <predicate or None>,
 ///     <describer>, move || { let arg = Clone::clone(&arg); …; async move { <body> } })
+/// ```
+///
+/// (`…_retrying_by_trait`, without the describer, for a return type that does not read as a
+/// `Result`: its error type then implements `RetryableError`.)
+///
+/// ```text
 /// ```
 fn retrying(
     args: &TxArgs,
@@ -220,10 +226,10 @@ fn retrying(
         let error = error.to_compile_error();
         return quote!(#item #error);
     }
-    let describe = match describe_errors(krate, &sig.output) {
-        Some(describe) => quote_spanned!(ret_span=> ::core::option::Option::Some(#describe)),
-        None => quote_spanned!(ret_span=> ::core::option::Option::None),
-    };
+    // A return type that reads as a `Result` has its error read (the database's error in it
+    // says whether to run again); another one's error type must say it itself
+    // (`RetryableError`).
+    let describe = describe_errors(krate, &sig.output, true);
     let rule = match &args.no_rollback_for {
         Some(predicate) => {
             let predicate = typed_predicate(predicate, &sig.output);
@@ -232,10 +238,11 @@ fn retrying(
         None => quote_spanned!(ret_span=> ::core::option::Option::None::<fn(&_) -> bool>),
     };
     let entry = Ident::new(
-        if send {
-            "send_retrying"
-        } else {
-            "local_retrying"
+        match (send, describe.is_some()) {
+            (true, true) => "send_retrying",
+            (false, true) => "local_retrying",
+            (true, false) => "send_retrying_by_trait",
+            (false, false) => "local_retrying_by_trait",
         },
         ret_span,
     );
@@ -255,7 +262,12 @@ fn retrying(
     }
     // The call carries the return type's span: an error type `retry` cannot classify is
     // reported there.
-    let call = quote_spanned!(ret_span=> #private(#builder, #retries, #rule, #describe, #make));
+    let call = match describe {
+        Some(describe) => {
+            quote_spanned!(ret_span=> #private(#builder, #retries, #rule, #describe, #make))
+        }
+        None => quote_spanned!(ret_span=> #private(#builder, #retries, #rule, #make)),
+    };
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -272,7 +284,7 @@ fn retrying(
 /// rolled the transaction back. Nothing for other return types (the runtime's
 /// `ScopeResult` bound reports those) or one that contains `impl Trait`, which a closure's
 /// parameter cannot name.
-fn describe_errors(krate: &TokenStream, output: &ReturnType) -> Option<TokenStream> {
+fn describe_errors(krate: &TokenStream, output: &ReturnType, retry: bool) -> Option<TokenStream> {
     let ReturnType::Type(_, ty) = output else {
         return None;
     };
@@ -288,21 +300,29 @@ fn describe_errors(krate: &TokenStream, output: &ReturnType) -> Option<TokenStre
         return None;
     }
     let span = ty.span();
-    Some(quote_spanned! {span=>
+    // With `retry`, an error type it cannot read is a compile error (see the runtime's
+    // `__private::Unreadable`).
+    let facts = Ident::new(if retry { "retry_facts" } else { "facts" }, span);
+    // All of it carries the return type's span: an error type `retry` cannot read is
+    // reported there.
+    Some(respan(
+        quote! {
         |output: &#ty, text: bool| match output {
             ::core::result::Result::Err(error) => {
                 #[allow(unused_imports)]
                 use #krate::__private::{
                     ViaDisplay as _, ViaDynError as _, ViaError as _, ViaNothing as _,
-                    ViaSendSyncDynError as _,
+                    ViaRetryable as _, ViaSendSyncDynError as _,
                 };
                 ::core::option::Option::Some(
-                    (&&&&&#krate::__private::Inspect(error)).facts(text),
+                    (&&&&&&#krate::__private::Inspect(error)).#facts(text),
                 )
             }
             ::core::result::Result::Ok(_) => ::core::option::Option::None,
         }
-    })
+        },
+        span,
+    ))
 }
 
 /// The same tokens, all with `span`.
@@ -322,7 +342,8 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 }
 
 /// Whether the body can be required to be `Send` without asking: a free fn (no receiver) with
-/// no type parameters and no `impl Trait` or `dyn Trait` argument. Anything generic may await
+/// no type parameters, no `impl Trait` or `dyn Trait` argument, and no `dyn Trait` without
+/// `Send` in its return type. Anything generic may await
 /// futures whose `Send`-ness is unknown (an `async fn` of a trait, a `&R` without `Sync`), and a
 /// method's impl may be generic, which the attribute cannot see.
 fn surely_send(sig: &syn::Signature) -> bool {
@@ -335,7 +356,15 @@ fn surely_send(sig: &syn::Signature) -> bool {
         syn::FnArg::Receiver(_) => true,
         syn::FnArg::Typed(arg) => mentions(arg.ty.to_token_stream(), &["impl", "dyn"]),
     });
-    !generic && !unsure_args
+    // `Result<T, Box<dyn Error>>`: a trait object that does not say `Send` is not.
+    let unsure_output = match &sig.output {
+        ReturnType::Type(_, ty) => {
+            let ty = ty.to_token_stream();
+            mentions(ty.clone(), &["dyn"]) && !mentions(ty, &["Send"])
+        }
+        ReturnType::Default => false,
+    };
+    !generic && !unsure_args && !unsure_output
 }
 
 /// Passes the predicate through an identity fn that ties its argument to the fn's error type.
@@ -403,10 +432,10 @@ mod tests {
                     #[allow(unused_imports)]
                     use {krate}::__private::{{
                         ViaDisplay as _, ViaDynError as _, ViaError as _, ViaNothing as _,
-                        ViaSendSyncDynError as _,
+                        ViaRetryable as _, ViaSendSyncDynError as _,
                     }};
                     ::core::option::Option::Some(
-                        (&&&&&{krate}::__private::Inspect(error)).facts(text),
+                        (&&&&&&{krate}::__private::Inspect(error)).facts(text),
                     )
                 }}
                 ::core::result::Result::Ok(_) => ::core::option::Option::None,

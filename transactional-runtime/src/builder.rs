@@ -1,13 +1,14 @@
 //! The programmatic API: [`Transactional`], the builder the macro expands to.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::name::Name;
 use crate::options::{Isolation, Propagation, TxOptions};
-use crate::retry::{retrying, RetryableError};
-use crate::scope::Scope;
+use crate::retry::{by_trait, retrying, RetryableError};
+use crate::scope::{Classify, Scope};
 
 /// Runs a future as a transactional scope: Spring's `TransactionTemplate`.
 ///
@@ -192,11 +193,41 @@ impl Retrying {
         Fut: Future<Output = Result<T, E>>,
         E: From<Error> + RetryableError,
     {
+        let classify = Some(by_trait::<Result<T, E>>());
         retrying(
             self.tx.options,
             self.retries,
             None::<fn(&E) -> bool>,
             None,
+            classify,
+            make,
+        )
+    }
+
+    /// [`run`](Self::run) for an error type that cannot tell by itself (through
+    /// `std::error::Error` or [`RetryableError`]) whether the database refused the transaction
+    /// for a concurrent one, such as `anyhow::Error` or `Box<dyn Error + Send + Sync>`:
+    /// `is_retryable` says it, [`is_retryable`](crate::is_retryable) helping (see there).
+    /// (`#[transactional(retry = N)]` reads those types by itself.)
+    pub fn run_when<C, F, Fut, T, E>(
+        self,
+        is_retryable: C,
+        make: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        C: Fn(&E) -> bool + Send + Sync + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let classify: Classify<Result<T, E>> =
+            Arc::new(move |output: &Result<T, E>| output.as_ref().err().is_some_and(&is_retryable));
+        retrying(
+            self.tx.options,
+            self.retries,
+            None::<fn(&E) -> bool>,
+            None,
+            Some(classify),
             make,
         )
     }
@@ -214,7 +245,15 @@ impl Retrying {
         E: From<Error> + RetryableError,
         P: Fn(&E) -> bool,
     {
-        retrying(self.tx.options, self.retries, Some(commit_on), None, make)
+        let classify = Some(by_trait::<Result<T, E>>());
+        retrying(
+            self.tx.options,
+            self.retries,
+            Some(commit_on),
+            None,
+            classify,
+            make,
+        )
     }
 }
 
@@ -232,28 +271,60 @@ pub mod __private {
     use std::pin::Pin;
 
     use super::Transactional;
-    use crate::retry::{retrying, RetryableError};
+    use crate::retry::{by_trait, retrying, RetryableError};
     pub use crate::scope::{Describe, Scope, ScopeResult};
 
     pub use crate::inspect::Facts;
 
     /// Reads a body's error as well as its type allows: the macro calls
-    /// `(&&&&&Inspect(error)).facts(text)`, which resolves, by autoref, to the first of
+    /// `(&&&&&&Inspect(error)).facts(text)`, which resolves, by autoref, to the first of
     /// [`ViaError`] (the error implements `std::error::Error`: its words and the database's
-    /// error in its `source()` chain), [`ViaSendSyncDynError`] and [`ViaDynError`] (it gives
-    /// a `dyn Error`: `anyhow::Error`, `Box<dyn Error + Send + Sync>`, `Box<dyn Error>`),
-    /// [`ViaDisplay`] (its words only) and [`ViaNothing`].
+    /// error in its `source()` chain), [`ViaRetryable`] (it implements
+    /// [`RetryableError`](crate::RetryableError) itself), [`ViaSendSyncDynError`] and
+    /// [`ViaDynError`] (it gives a `dyn Error`: `anyhow::Error`, `Box<dyn Error + Send +
+    /// Sync>`, `Box<dyn Error>`), [`ViaDisplay`] (its words only) and [`ViaNothing`]. With
+    /// `retry` it calls `retry_facts`, which the last two have only for a type that implements
+    /// [`Unreadable`]: none does, so an error type `retry` cannot read is a compile error.
     pub struct Inspect<'a, E>(pub &'a E);
+
+    /// What `retry` cannot read: implemented for no type, so that its message is the compile
+    /// error of `retry` on an error type that gives no database error and says nothing itself.
+    #[diagnostic::on_unimplemented(
+        message = "`retry` needs to tell whether a `{Self}` is a serialization failure or a deadlock",
+        label = "this error type implements neither `std::error::Error` nor `RetryableError`, and gives no `dyn Error`",
+        note = "implement `std::error::Error` for it (the database's error must be reachable through `source()`), or implement `transactional::RetryableError`"
+    )]
+    pub trait Unreadable {}
 
     /// [`Inspect`] of an error that implements `std::error::Error`.
     pub trait ViaError {
         /// What the error says; its words only if `text`.
         fn facts(&self, text: bool) -> Facts;
+        /// [`facts`](Self::facts), for `retry`.
+        fn retry_facts(&self, text: bool) -> Facts {
+            self.facts(text)
+        }
     }
 
-    impl<E: std::error::Error + 'static> ViaError for &&&&Inspect<'_, E> {
+    impl<E: std::error::Error + 'static> ViaError for &&&&&Inspect<'_, E> {
         fn facts(&self, text: bool) -> Facts {
             Facts::of_error(self.0, text)
+        }
+    }
+
+    /// [`Inspect`] of an error that says itself whether it is worth another attempt.
+    pub trait ViaRetryable {
+        /// Whether the error is a refusal for a concurrent transaction.
+        fn facts(&self, text: bool) -> Facts;
+        /// [`facts`](Self::facts), for `retry`.
+        fn retry_facts(&self, text: bool) -> Facts {
+            self.facts(text)
+        }
+    }
+
+    impl<E: RetryableError> ViaRetryable for &&&&Inspect<'_, E> {
+        fn facts(&self, _: bool) -> Facts {
+            Facts::of_retryable(self.0.is_retryable())
         }
     }
 
@@ -262,6 +333,10 @@ pub mod __private {
     pub trait ViaSendSyncDynError {
         /// What the error says; its words only if `text`.
         fn facts(&self, text: bool) -> Facts;
+        /// [`facts`](Self::facts), for `retry`.
+        fn retry_facts(&self, text: bool) -> Facts {
+            self.facts(text)
+        }
     }
 
     impl<E> ViaSendSyncDynError for &&&Inspect<'_, E>
@@ -277,6 +352,10 @@ pub mod __private {
     pub trait ViaDynError {
         /// What the error says; its words only if `text`.
         fn facts(&self, text: bool) -> Facts;
+        /// [`facts`](Self::facts), for `retry`.
+        fn retry_facts(&self, text: bool) -> Facts {
+            self.facts(text)
+        }
     }
 
     impl<E: AsRef<dyn std::error::Error + 'static>> ViaDynError for &&Inspect<'_, E> {
@@ -287,11 +366,21 @@ pub mod __private {
 
     /// [`Inspect`] of an error that implements `Display` only.
     pub trait ViaDisplay {
+        /// The error type.
+        type Error;
         /// The error's words, if `text`.
         fn facts(&self, text: bool) -> Facts;
+        /// Not for `retry`: see [`Unreadable`].
+        fn retry_facts(&self, text: bool) -> Facts
+        where
+            Self::Error: Unreadable,
+        {
+            self.facts(text)
+        }
     }
 
     impl<E: std::fmt::Display> ViaDisplay for &Inspect<'_, E> {
+        type Error = E;
         fn facts(&self, text: bool) -> Facts {
             Facts::of_text(text.then(|| self.0.to_string()))
         }
@@ -299,11 +388,21 @@ pub mod __private {
 
     /// [`Inspect`] of any other error: nothing to read.
     pub trait ViaNothing {
+        /// The error type.
+        type Error;
         /// Nothing.
         fn facts(&self, text: bool) -> Facts;
+        /// Not for `retry`: see [`Unreadable`].
+        fn retry_facts(&self, text: bool) -> Facts
+        where
+            Self::Error: Unreadable,
+        {
+            self.facts(text)
+        }
     }
 
     impl<E> ViaNothing for Inspect<'_, E> {
+        type Error = E;
         fn facts(&self, _: bool) -> Facts {
             Facts::default()
         }
@@ -381,12 +480,61 @@ pub mod __private {
     }
 
     /// The scope of an annotated fn with `retry = N` whose body is `Send`: `make` makes the
-    /// body of each attempt (see [`Transactional::retry`]).
+    /// body of each attempt (see [`Transactional::retry`]); `describe` reads its error, which
+    /// says whether the database refused the transaction for a concurrent one.
     pub fn send_retrying<'a, F, Fut, P>(
         tx: Transactional,
         retries: u32,
         commit_on: Option<P>,
-        describe: Option<Describe<Fut::Output>>,
+        describe: Describe<Fut::Output>,
+        make: F,
+    ) -> Erased<'a, Fut::Output>
+    where
+        F: FnMut() -> Fut + Send + 'a,
+        Fut: Future + Send + 'a,
+        Fut::Output: ScopeResult + Send,
+        P: Fn(&ErrorOf<Fut::Output>) -> bool + Send + Sync + 'a,
+    {
+        Box::pin(retrying(
+            tx.options,
+            retries,
+            commit_on,
+            Some(describe),
+            None,
+            make,
+        ))
+    }
+
+    /// [`send_retrying`] for a body that may not be `Send`.
+    pub fn local_retrying<'a, F, Fut, P>(
+        tx: Transactional,
+        retries: u32,
+        commit_on: Option<P>,
+        describe: Describe<Fut::Output>,
+        make: F,
+    ) -> Pin<Box<dyn Future<Output = Fut::Output> + 'a>>
+    where
+        F: FnMut() -> Fut + 'a,
+        Fut: Future + 'a,
+        Fut::Output: ScopeResult,
+        P: Fn(&ErrorOf<Fut::Output>) -> bool + 'a,
+    {
+        Box::pin(retrying(
+            tx.options,
+            retries,
+            commit_on,
+            Some(describe),
+            None,
+            make,
+        ))
+    }
+
+    /// [`send_retrying`] for a return type the macro cannot read (one that does not read as
+    /// a `Result`): its error type says whether it is worth another attempt.
+    pub fn send_retrying_by_trait<'a, F, Fut, P>(
+        tx: Transactional,
+        retries: u32,
+        commit_on: Option<P>,
         make: F,
     ) -> Erased<'a, Fut::Output>
     where
@@ -396,15 +544,17 @@ pub mod __private {
         ErrorOf<Fut::Output>: RetryableError,
         P: Fn(&ErrorOf<Fut::Output>) -> bool + Send + Sync + 'a,
     {
-        Box::pin(retrying(tx.options, retries, commit_on, describe, make))
+        let classify = Some(by_trait::<Fut::Output>());
+        Box::pin(retrying(
+            tx.options, retries, commit_on, None, classify, make,
+        ))
     }
 
-    /// [`send_retrying`] for a body that may not be `Send`.
-    pub fn local_retrying<'a, F, Fut, P>(
+    /// [`send_retrying_by_trait`] for a body that may not be `Send`.
+    pub fn local_retrying_by_trait<'a, F, Fut, P>(
         tx: Transactional,
         retries: u32,
         commit_on: Option<P>,
-        describe: Option<Describe<Fut::Output>>,
         make: F,
     ) -> Pin<Box<dyn Future<Output = Fut::Output> + 'a>>
     where
@@ -414,7 +564,10 @@ pub mod __private {
         ErrorOf<Fut::Output>: RetryableError,
         P: Fn(&ErrorOf<Fut::Output>) -> bool + 'a,
     {
-        Box::pin(retrying(tx.options, retries, commit_on, describe, make))
+        let classify = Some(by_trait::<Fut::Output>());
+        Box::pin(retrying(
+            tx.options, retries, commit_on, None, classify, make,
+        ))
     }
 
     /// [`local`], with a `no_rollback_for` rule.

@@ -10,7 +10,7 @@ use sqlx::Database;
 use crate::context::{Context, Mode};
 use crate::data_source::MOCK_DATABASE;
 use crate::error::Error;
-use crate::status::counted_wait;
+use crate::status::{acquire_hint, counted_wait};
 use crate::transaction::Lease;
 
 /// A connection for repository code, from [`connection`](crate::connection) or
@@ -119,15 +119,12 @@ pub(crate) async fn acquire<DB: Database>(data_source: &str) -> Result<Connectio
                 found => found?,
             };
             let pool = ds.pool::<DB>()?;
-            Inner::Pooled(
-                counted_wait(&ds.usage, pool.acquire())
-                    .await
-                    .map_err(|source| Error::Acquire {
-                        data_source: data_source.to_owned(),
-                        hint: "",
-                        source,
-                    })?,
-            )
+            let (conn, starved) = counted_wait(&ds.usage, pool.acquire()).await;
+            Inner::Pooled(conn.map_err(|source| Error::Acquire {
+                data_source: data_source.to_owned(),
+                hint: acquire_hint(starved, false, matches!(source, sqlx::Error::PoolTimedOut)),
+                source,
+            })?)
         }
     };
     Ok(ConnectionGuard { inner })

@@ -39,6 +39,15 @@ impl Facts {
         }
     }
 
+    /// The facts of an error that says itself whether it is a refusal for a concurrent
+    /// transaction (a [`RetryableError`](crate::RetryableError)).
+    pub(crate) fn of_retryable(retryable: bool) -> Facts {
+        Facts {
+            text: None,
+            database: retryable.then(DatabaseFailure::concurrent_refusal),
+        }
+    }
+
     /// The error in words, if they were asked for.
     pub fn text(&self) -> Option<&str> {
         self.text.as_deref()
@@ -106,11 +115,18 @@ impl DatabaseFailure {
 impl Error {
     /// Whether the database refused the transaction because of a concurrent one: a
     /// serialization failure or a deadlock (PostgreSQL `40001`, `40P01`; MySQL/MariaDB
-    /// `1213`, `1205`; SQLite busy or locked). Running the whole transaction again may succeed.
+    /// `1213`, `1205`; SQLite busy or locked), at a statement, at COMMIT, or in a
+    /// before-commit hook (whose error is searched as `retry` searches a body's). Running the
+    /// whole transaction again may succeed.
     pub fn is_serialization_failure(&self) -> bool {
-        self.sqlx_error()
-            .and_then(sqlx::Error::as_database_error)
-            .is_some_and(|error| DatabaseFailure::of(error).concurrent)
+        let failure = match self {
+            Error::BeforeCommit(error) => DatabaseFailure::find(&**error),
+            _ => self
+                .sqlx_error()
+                .and_then(sqlx::Error::as_database_error)
+                .map(DatabaseFailure::of),
+        };
+        failure.is_some_and(|failure| failure.concurrent)
     }
 }
 

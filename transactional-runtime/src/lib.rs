@@ -69,5 +69,5 @@ pub use guard::ConnectionGuard;
 pub use hooks::{HookResult, Outcome, RollbackCause};
 pub use name::Name;
 pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
-pub use retry::RetryableError;
+pub use retry::{is_retryable, RetryableError};
 pub use status::PoolStatus;

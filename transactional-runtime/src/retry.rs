@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::inspect::DatabaseFailure;
 use crate::options::TxOptions;
-use crate::scope::{Attempt, Describe, Scope, ScopeResult};
+use crate::scope::{Attempt, Classify, Describe, Scope, ScopeResult};
 
 /// An error type whose values can say that the database refused a transaction because of a
 /// concurrent one, so that running it again may succeed.
@@ -46,28 +46,53 @@ fn retryable_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
     DatabaseFailure::find(error).is_some_and(|failure| failure.concurrent)
 }
 
-fn classify<R>(output: &R) -> bool
+/// Whether the database refused a transaction because of a concurrent one, anywhere in
+/// `error` or its `source()` chain: a serialization failure or a deadlock (PostgreSQL `40001`,
+/// `40P01`; MySQL/MariaDB `1213`, `1205`; SQLite busy or locked), found in an `sqlx::Error`,
+/// sqlx's boxed database error, a driver's error type, or the library's [`Error`](crate::Error)
+/// (a refused COMMIT or before-commit hook included), however your error types wrap them.
+///
+/// What `retry` asks of an error; for [`Retrying::run_when`](crate::Retrying::run_when) with an
+/// error type that does not implement `std::error::Error` but can give one:
+///
+/// ```
+/// # async fn transfer() -> anyhow::Result<()> { Ok(()) }
+/// # async fn example() -> anyhow::Result<()> {
+/// use transactional_runtime::{is_retryable, Transactional};
+/// Transactional::new()
+///     .retry(3)
+///     .run_when(|e: &anyhow::Error| is_retryable(e.as_ref()), transfer)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn is_retryable(error: &(dyn std::error::Error + 'static)) -> bool {
+    retryable_in_chain(error)
+}
+
+/// The classifier of an error type that says itself whether it is worth another attempt.
+pub(crate) fn by_trait<R>() -> Classify<R>
 where
     R: ScopeResult,
     R::Error: RetryableError,
 {
-    output.error().is_some_and(RetryableError::is_retryable)
+    Arc::new(|output: &R| output.error().is_some_and(RetryableError::is_retryable))
 }
 
 /// Runs a scope made of `make()`'s body up to `retries + 1` times, while each attempt's
-/// transaction is refused for a concurrent one.
+/// transaction is refused for a concurrent one: as `classify` says of the body's error, or,
+/// without it, as the database's error that `describe` finds in it says.
 pub(crate) async fn retrying<F, Fut, P>(
     options: TxOptions,
     retries: u32,
     rule: Option<P>,
     describe: Option<Describe<Fut::Output>>,
+    classify: Option<Classify<Fut::Output>>,
     mut make: F,
 ) -> Fut::Output
 where
     F: FnMut() -> Fut,
     Fut: Future,
     Fut::Output: ScopeResult,
-    <Fut::Output as ScopeResult>::Error: RetryableError,
     P: Fn(&<Fut::Output as ScopeResult>::Error) -> bool,
 {
     let mut number = 1;
@@ -76,7 +101,7 @@ where
         let attempt = Attempt {
             number,
             last: number > retries,
-            classify: classify::<Fut::Output>,
+            classify: classify.clone(),
             again: again.clone(),
         };
         let output = Scope::new(options.clone(), rule.as_ref(), Box::pin(make()))

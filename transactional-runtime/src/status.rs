@@ -7,11 +7,27 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Awaits `acquire`, counted as a caller waiting for a connection.
-pub(crate) async fn counted_wait<T>(usage: &Arc<Usage>, acquire: impl Future<Output = T>) -> T {
-    let _waiting = Counted::waiting(usage);
-    acquire.await
+/// Awaits `acquire`, counted as a caller waiting for a connection; also says whether
+/// transactions suspended by REQUIRES_NEW or NOT_SUPPORTED scopes held connections at any time
+/// while it waited (see [`acquire_hint`]).
+pub(crate) async fn counted_wait<T>(
+    usage: &Arc<Usage>,
+    acquire: impl Future<Output = T>,
+) -> (T, Starved) {
+    let waiting = Counted::waiting(usage);
+    let suspensions = usage.suspensions.load(Ordering::Relaxed);
+    let held = usage.suspended.load(Ordering::Relaxed) > 0;
+    let got = acquire.await;
+    let starved = held
+        || usage.suspended.load(Ordering::Relaxed) > 0
+        || usage.suspensions.load(Ordering::Relaxed) != suspensions;
+    drop(waiting);
+    (got, Starved(starved))
 }
+
+/// Whether suspended transactions held connections while a caller waited for one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Starved(pub(crate) bool);
 
 /// A snapshot of one data source's pool, from [`pool_status`](crate::pool_status) or
 /// [`DataSourceRef::status`](crate::DataSourceRef::status).
@@ -77,6 +93,27 @@ pub(crate) struct PoolCounts {
 pub(crate) struct Usage {
     transactions: AtomicUsize,
     waiting: AtomicUsize,
+    /// Transactions holding a connection while a REQUIRES_NEW or NOT_SUPPORTED scope has
+    /// suspended them.
+    suspended: AtomicUsize,
+    /// How many such suspensions began, ever: a waiter that sees it change knows one happened
+    /// while it waited.
+    suspensions: AtomicUsize,
+}
+
+/// The advice an exhausted pool's error gives (see `Error::Acquire`): when transactions
+/// suspended by REQUIRES_NEW or NOT_SUPPORTED scopes held connections while the caller waited
+/// (or the caller is such a scope), they starved the pool, however many callers fail.
+pub(crate) fn acquire_hint(
+    starved: Starved,
+    for_a_suspending_scope: bool,
+    exhausted: bool,
+) -> &'static str {
+    if exhausted && (for_a_suspending_scope || starved.0) {
+        " (connections are held by transactions that REQUIRES_NEW or NOT_SUPPORTED scopes suspended while they need a second one: give the pool more connections than concurrent calls times the nesting of such scopes, or make the inner scopes join)"
+    } else {
+        ""
+    }
 }
 
 impl Usage {
@@ -89,38 +126,58 @@ impl Usage {
     }
 }
 
-/// Counted while alive: a caller waiting for a connection, or a transaction holding one.
-/// Dropped with what it counts, whichever way that ends (a cancelled wait included).
+/// Counted while alive: a caller waiting for a connection, a transaction holding one, or one
+/// suspended while it holds one. Dropped with what it counts, whichever way that ends (a
+/// cancelled wait included).
 #[derive(Debug)]
 pub(crate) struct Counted {
     usage: Arc<Usage>,
-    waiting: bool,
+    what: What,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum What {
+    Waiting,
+    Transaction,
+    Suspended,
 }
 
 impl Counted {
-    pub(crate) fn waiting(usage: &Arc<Usage>) -> Counted {
-        usage.waiting.fetch_add(1, Ordering::Relaxed);
-        Counted {
+    fn new(usage: &Arc<Usage>, what: What) -> Counted {
+        let counted = Counted {
             usage: usage.clone(),
-            waiting: true,
-        }
+            what,
+        };
+        counted.counter().fetch_add(1, Ordering::Relaxed);
+        counted
+    }
+
+    pub(crate) fn waiting(usage: &Arc<Usage>) -> Counted {
+        Counted::new(usage, What::Waiting)
     }
 
     pub(crate) fn transaction(usage: &Arc<Usage>) -> Counted {
-        usage.transactions.fetch_add(1, Ordering::Relaxed);
-        Counted {
-            usage: usage.clone(),
-            waiting: false,
+        Counted::new(usage, What::Transaction)
+    }
+
+    /// A transaction holding a connection, suspended while a REQUIRES_NEW or NOT_SUPPORTED
+    /// scope runs.
+    pub(crate) fn suspended(usage: &Arc<Usage>) -> Counted {
+        usage.suspensions.fetch_add(1, Ordering::Relaxed);
+        Counted::new(usage, What::Suspended)
+    }
+
+    fn counter(&self) -> &AtomicUsize {
+        match self.what {
+            What::Waiting => &self.usage.waiting,
+            What::Transaction => &self.usage.transactions,
+            What::Suspended => &self.usage.suspended,
         }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let counter = match self.waiting {
-            true => &self.usage.waiting,
-            false => &self.usage.transactions,
-        };
-        counter.fetch_sub(1, Ordering::Relaxed);
+        self.counter().fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use crate::error::Error;
 
+/// Whether a body's output is an error worth another attempt.
+pub(crate) type Classify<R> = std::sync::Arc<dyn Fn(&R) -> bool + Send + Sync>;
+
 /// What one attempt of a retried scope knows: its number, whether another may follow, and
 /// where it says that one will.
 pub(crate) struct Attempt<R> {
     pub(crate) number: u32,
     pub(crate) last: bool,
-    /// Whether an error is worth another attempt.
-    pub(crate) classify: fn(&R) -> bool,
+    /// Whether an error is worth another attempt; without it, the database's error the
+    /// scope's describer finds says so (see `inspect`).
+    pub(crate) classify: Option<Classify<R>>,
     /// Set by the attempt's end when another attempt follows.
     pub(crate) again: Arc<AtomicBool>,
 }

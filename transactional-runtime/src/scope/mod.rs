@@ -12,7 +12,7 @@ mod attempt;
 mod end;
 mod start;
 
-pub(crate) use attempt::{Attempt, AttemptEnd};
+pub(crate) use attempt::{Attempt, AttemptEnd, Classify};
 
 use std::any::Any;
 use std::future::Future;
@@ -178,7 +178,10 @@ where
                             }
                         }
                         if let (Some(attempt), Some(end)) = (&self.attempt, &mut running.attempt) {
-                            end.body_retryable = (attempt.classify)(&output);
+                            end.body_retryable = match &attempt.classify {
+                                Some(classify) => classify(&output),
+                                None => running.failure.as_ref().is_some_and(|f| f.concurrent),
+                            };
                             if end.body_retryable && running.failure.is_none() {
                                 running.failure = Some(DatabaseFailure::concurrent_refusal());
                             }

@@ -18,6 +18,7 @@ use crate::events::EventKind;
 use crate::inspect::DatabaseFailure;
 use crate::options::{Isolation, TxOptions};
 use crate::propagation::{decide, Decision};
+use crate::status::Counted;
 use crate::trace;
 use crate::transaction::{Frame, Level, Role, Transaction};
 
@@ -40,6 +41,9 @@ pub(crate) struct Running {
     pub(super) failure: Option<DatabaseFailure>,
     /// One attempt of a retried scope.
     pub(super) attempt: Option<AttemptEnd>,
+    /// Counts the transaction this scope suspended while it holds a connection (see
+    /// `status::acquire_hint`).
+    _suspension: Option<Counted>,
 }
 
 pub(super) enum What {
@@ -94,6 +98,7 @@ impl Running {
                 detail: None,
                 failure: None,
                 attempt,
+                _suspension: None,
             });
         }
         let data_source = outer.data_source(&options.data_source)?;
@@ -113,16 +118,25 @@ impl Running {
             // own in production gets a savepoint, so its failure undoes only its own work.
             decision = Decision::Nest;
         }
-        if attempt.is_some() && decision != Decision::Begin {
+        // Under `testing::rollback_after`, a scope that would begin its own transaction in
+        // production is retried as it would be there, each attempt a savepoint.
+        if attempt.is_some() && decision != Decision::Begin && !stands_for_commit {
             return Err(Error::InvalidOptions {
                 scope: options.name.clone(),
                 reason: "`retry` runs the scope again, which only a scope that begins its own \
-                         transaction can do: this one would join or nest in its caller's, and \
-                         running it again would repeat part of the caller's work; put `retry` on \
-                         the outermost scope, or give this one REQUIRES_NEW"
+                         transaction can do: this one would join or nest in its caller's \
+                         (a `web::TransactionLayer` request's, say), and running it again would \
+                         repeat part of the caller's work; retry where the transaction begins \
+                         (the outermost scope, or the layer: `TransactionLayer::retry`), or give \
+                         this scope REQUIRES_NEW"
                     .to_owned(),
             });
         }
+        let suspends = matches!(decision, Decision::Begin | Decision::RunWithout);
+        let suspension = current
+            .as_ref()
+            .filter(|current| suspends && current.tx().holds_connection())
+            .map(|_| Counted::suspended(&data_source.usage));
         let emit = |kind| data_source.emit(options, span, kind);
         let what = match (decision, current) {
             (Decision::Refuse, _) => {
@@ -227,6 +241,7 @@ impl Running {
             detail: None,
             failure: None,
             attempt,
+            _suspension: suspension,
         })
     }
 

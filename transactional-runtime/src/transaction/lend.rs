@@ -14,7 +14,7 @@ use crate::detach::Detachable;
 use crate::dialect::Dialect;
 use crate::driver::{Conn, Watch};
 use crate::error::Error;
-use crate::status::{counted_wait, Counted};
+use crate::status::{acquire_hint, counted_wait, Counted};
 
 /// What to send before lending the connection.
 #[derive(Default)]
@@ -165,7 +165,7 @@ impl Transaction {
         let mut conn = match conn {
             Some(conn) => conn,
             None => match counted_wait(&ds.usage, ds.source.acquire()).await {
-                Ok(mut conn) => {
+                (Ok(mut conn), _) => {
                     conn.count_as(Counted::transaction(&ds.usage));
                     let mut st = self.lock();
                     if self.is_ended() {
@@ -180,16 +180,12 @@ impl Transaction {
                     st.slot = Slot::Busy;
                     conn
                 }
-                Err(source) => {
+                (Err(source), starved) => {
                     self.give_back(None);
                     let exhausted = matches!(source, sqlx::Error::PoolTimedOut);
                     return Err(Error::Acquire {
                         data_source: ds.name.to_string(),
-                        hint: if self.suspends && exhausted {
-                            " (a REQUIRES_NEW scope needs a second connection while the suspended transaction holds one: give the pool more connections than concurrent nested scopes)"
-                        } else {
-                            ""
-                        },
+                        hint: acquire_hint(starved, self.suspends, exhausted),
                         source,
                     });
                 }

@@ -180,6 +180,12 @@ impl Transaction {
         self.ended.load(Ordering::Acquire)
     }
 
+    /// Whether it has begun and holds its connection.
+    pub(crate) fn holds_connection(&self) -> bool {
+        let st = self.lock();
+        st.begun && !matches!(st.slot, Slot::Empty)
+    }
+
     fn statement_error(&self, source: sqlx::Error) -> Error {
         Error::Savepoint {
             data_source: self.data_source.name.to_string(),

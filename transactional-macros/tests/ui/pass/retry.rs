@@ -1,5 +1,7 @@
 //! `retry`: free fns, `&self` methods, generic fns, with `no_rollback_for`; arguments of any
-//! `Clone` type, `mut` ones included, are cloned for each attempt.
+//! `Clone` type, `mut` ones included, are cloned for each attempt; the error types services
+//! write: a `thiserror` enum, `anyhow::Error`, `Box<dyn Error + Send + Sync>`, `Box<dyn Error>`,
+//! and one that says itself whether it is worth another attempt (`RetryableError`).
 use std::sync::Arc;
 
 use transactional::transactional;
@@ -45,6 +47,44 @@ impl Service {
     }
 }
 
+#[transactional(retry = 3)]
+async fn with_anyhow(id: i64) -> anyhow::Result<i64> {
+    Ok(id)
+}
+
+#[transactional(retry = 3)]
+async fn boxed(id: i64) -> Result<i64, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(id)
+}
+
+#[transactional(retry = 3)]
+async fn boxed_local(id: i64) -> Result<i64, Box<dyn std::error::Error>> {
+    Ok(id)
+}
+
+#[derive(Debug)]
+pub enum Attempted {
+    Conflict,
+    Tx(transactional::Error),
+}
+
+impl From<transactional::Error> for Attempted {
+    fn from(error: transactional::Error) -> Self {
+        Attempted::Tx(error)
+    }
+}
+
+impl transactional::RetryableError for Attempted {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Attempted::Conflict)
+    }
+}
+
+#[transactional(retry = 3)]
+async fn says_itself() -> Result<(), Attempted> {
+    Ok(())
+}
+
 fn assert_send<T: Send>(_: &T) {}
 
 fn main() {
@@ -54,4 +94,8 @@ fn main() {
     let service = Service { name: "s".into() };
     let _ = service.run(1);
     let _ = generic(1u8);
+    assert_send(&with_anyhow(1));
+    assert_send(&boxed(1));
+    let _ = boxed_local(1);
+    assert_send(&says_itself());
 }
