@@ -273,6 +273,13 @@ where
         Ok(D::scalar(&mut conn, format!("SELECT COUNT(*) FROM {}", self.table)).await?)
     }
 
+    /// The ids the current connection sees, sorted.
+    pub async fn ids_visible(&self) -> AppResult<Vec<i64>> {
+        let mut conn = transactional::connection::<D::DB>().await?;
+        let sql = format!("SELECT id FROM {} ORDER BY id", self.table);
+        Ok(D::column(&mut conn, sql).await?)
+    }
+
     /// The session behind the current connection.
     pub async fn session(&self) -> AppResult<i64> {
         let mut conn = transactional::connection::<D::DB>().await?;

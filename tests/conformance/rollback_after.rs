@@ -9,7 +9,7 @@ use std::sync::Arc;
 use transactional::testing;
 use transactional::{Propagation::*, Transactional};
 
-use crate::common::{AppError, AppResult};
+use crate::common::{AppError, AppResult, Env, TestDb};
 use crate::conformance;
 
 conformance! {
@@ -118,5 +118,65 @@ conformance! {
         assert_eq!(hooks.len(), 2 + escaped, "the saved scope's two (it and the scope it joined), and the escaped one's");
         assert_eq!(env.ids().await.len(), escaped, "only REQUIRES_NEW escaped the rollback");
         assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// An error that says itself whether it is worth another attempt.
+#[derive(Debug)]
+#[allow(dead_code)] // the errors it carries are read through `Debug`
+enum Flaky {
+    Conflict,
+    Tx(transactional::Error),
+    App(AppError),
+}
+
+impl From<transactional::Error> for Flaky {
+    fn from(error: transactional::Error) -> Self {
+        Flaky::Tx(error)
+    }
+}
+
+impl From<AppError> for Flaky {
+    fn from(error: AppError) -> Self {
+        Flaky::App(error)
+    }
+}
+
+impl transactional::RetryableError for Flaky {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Flaky::Conflict)
+    }
+}
+
+/// Writes row `10 + attempt`, and is refused for a concurrent transaction on its first
+/// attempt.
+#[transactional::transactional(retry = 3)]
+async fn refused_once<D: TestDb>(env: &Env<D>, attempts: &AtomicUsize) -> Result<(), Flaky>
+where
+    for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
+{
+    let attempt = attempts.fetch_add(1, Ordering::SeqCst) as i64 + 1;
+    env.insert(10 + attempt).await?;
+    if attempt == 1 {
+        return Err(Flaky::Conflict);
+    }
+    Ok(())
+}
+
+conformance! {
+    /// A fn with `retry` that begins its own transaction in production runs under
+    /// `rollback_after` as it does there: retried while refused, each attempt a savepoint of
+    /// the test transaction, the refused attempt's work undone; everything rolled back after
+    /// the test.
+    async fn a_retry_fn_is_retried_under_rollback_after(env: Env<D>) {
+        let attempts = AtomicUsize::new(0);
+        let seen = env.run(testing::rollback_after(async {
+            refused_once(&env, &attempts).await.unwrap();
+            env.ids_visible().await.unwrap()
+        })).await.expect("the test transaction begins");
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!(seen, [12], "the second attempt's row, not the first's");
+        assert!(env.ids().await.is_empty(), "rolled back after the test");
+        assert!(env.pool_is_clean().await);
     }
 }

@@ -288,7 +288,12 @@ fn describe_errors(krate: &TokenStream, output: &ReturnType, retry: bool) -> Opt
     let ReturnType::Type(_, ty) = output else {
         return None;
     };
-    let syn::Type::Path(path) = &**ty else {
+    // A type passed through a `macro_rules!` fragment (`$t:ty`) comes wrapped in a group.
+    let mut inner = &**ty;
+    while let syn::Type::Group(group) = inner {
+        inner = &group.elem;
+    }
+    let syn::Type::Path(path) = inner else {
         return None;
     };
     let reads_as_result = path

@@ -24,6 +24,7 @@ use crate::detach::Detachable;
 use crate::error::Error;
 use crate::events::EventKind;
 use crate::hooks::{Ending, RollbackCause};
+use crate::inspect::DatabaseFailure;
 use crate::options::TxOptions;
 use crate::trace;
 use crate::transaction::{Finished, Frame, Role, SavepointEnd};
@@ -389,6 +390,11 @@ impl End {
                 Ok(()) if frame.is_rollback_only() => rollback_only(&frame),
                 Ok(()) => Verdict::Commit,
                 Err(BeforeCommit::Failed(error)) => {
+                    // Its database error, as a body's, explains a transaction the database
+                    // ended (a deadlock in the hook).
+                    if let Some(failure) = DatabaseFailure::find(&error) {
+                        tx.note_failure(frame.level.id, failure);
+                    }
                     Verdict::Rollback(RollbackCause::BeforeCommitFailed, Some(error))
                 }
                 Err(BeforeCommit::Panicked(payload)) => {
@@ -553,6 +559,13 @@ impl End {
         };
         // Rolled back to: its hooks (and those of savepoints inside it) are discarded.
         drop(level.hooks.take());
+        // One attempt of a retried scope standing for a transaction of its own (under
+        // `testing::rollback_after`): the next attempt nests a savepoint of its own.
+        if let Some(attempt) = &self.attempt {
+            if attempt.decide(cause == Some(RollbackCause::Error), error.as_ref()) {
+                trace::retrying(&self.span);
+            }
+        }
         let detail = match cause {
             Some(RollbackCause::Error | RollbackCause::Panic) => self.detail.as_deref(),
             _ => None,
