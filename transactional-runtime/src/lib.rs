@@ -44,7 +44,9 @@ mod context;
 mod guard;
 mod scope;
 
-// The public API on top: free functions, retry, the builder the macro calls.
+// The public API on top: free functions, retry, the builder, and what the macro expands to.
+#[doc(hidden)]
+pub mod __private;
 mod api;
 mod builder;
 mod retry;
@@ -59,7 +61,7 @@ pub use api::{
     connection, data_source, is_active, is_rollback_only, pool_status, set_rollback_only,
     DataSourceRef,
 };
-pub use builder::{__private, Retrying, Transactional};
+pub use builder::{Retrying, Transactional};
 pub use context::{with_data_source, with_data_source_settings};
 pub use data_source::{deregister, register, register_default, register_with, DataSourceSettings};
 pub use dialect::Dialect;

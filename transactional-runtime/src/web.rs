@@ -25,6 +25,15 @@
 //! the handler registers run accordingly. The transaction ends when the handler returns its
 //! response, before the response's body is sent: a body streamed from the database after
 //! that runs outside it.
+//!
+//! With [`TransactionLayer::retry`], a request whose transaction the database refused for a
+//! concurrent one (a serialization failure, a deadlock) is run again, in a new transaction,
+//! from its buffered body: the handler runs again. A refusal is known by the library's own
+//! error (a refused COMMIT or before-commit hook), or by a response that carries [`Refused`]
+//! (the answer `transactional::Error`'s `IntoResponse` gives a refusal carries it; a handler
+//! whose own error type answers one adds it). `#[transactional(retry = N)]` on a fn the
+//! handler calls cannot run it again, since the request's transaction is its caller's: put
+//! the retry on the layer.
 
 use std::fmt;
 use std::future::Future;
@@ -34,17 +43,25 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum_core::response::IntoResponse;
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::builder::Transactional;
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::inspect::Facts;
 use crate::name::Name;
 use crate::options::{Isolation, Propagation};
+use crate::retry::retrying;
+use crate::scope::Classify;
 
 type RollsBack = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+
+/// How much of a request's body [`TransactionLayer::retry`] buffers to replay it, unless
+/// [`TransactionLayer::retry_body_limit`] says otherwise: 1 MiB.
+pub const DEFAULT_RETRY_BODY_LIMIT: usize = 1024 * 1024;
 
 /// A tower [`Layer`] that runs each request in a transactional scope. See the
 /// [module](self) documentation.
@@ -53,13 +70,44 @@ pub struct TransactionLayer {
     scope: Transactional,
     read_only: Vec<Method>,
     rolls_back: RollsBack,
+    replay: Replay,
 }
+
+/// How requests are run again (see [`TransactionLayer::retry`]).
+#[derive(Clone, Copy, Debug)]
+struct Replay {
+    retries: u32,
+    body_limit: usize,
+}
+
+/// Marks a response as the answer to the database refusing the request's transaction for a
+/// concurrent one: [`TransactionLayer::retry`] runs such a request again. The response
+/// `transactional::Error` answers a refusal with (`409`) carries it; a handler whose own error
+/// type answers a refusal adds it to its response's extensions:
+///
+/// ```
+/// # use axum_core::response::{IntoResponse, Response};
+/// # use http::StatusCode;
+/// # struct AppError(sqlx::Error);
+/// impl IntoResponse for AppError {
+///     fn into_response(self) -> Response {
+///         let mut response = (StatusCode::CONFLICT, "try again").into_response();
+///         if transactional_runtime::is_retryable(&self.0) {
+///             response.extensions_mut().insert(transactional_runtime::web::Refused);
+///         }
+///         response
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused;
 
 impl fmt::Debug for TransactionLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransactionLayer")
             .field("scope", self.scope.options())
             .field("read_only", &self.read_only)
+            .field("retries", &self.replay.retries)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +128,10 @@ impl TransactionLayer {
             rolls_back: Arc::new(|status: StatusCode| {
                 status.is_client_error() || status.is_server_error()
             }),
+            replay: Replay {
+                retries: 0,
+                body_limit: DEFAULT_RETRY_BODY_LIMIT,
+            },
         }
     }
 
@@ -117,6 +169,28 @@ impl TransactionLayer {
     /// Requests with these methods run in read-only transactions (say GET and HEAD).
     pub fn read_only_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.read_only = methods.into_iter().collect();
+        self
+    }
+
+    /// Runs a request again, up to `retries` more times, while the database refuses its
+    /// transaction for a concurrent one (a serialization failure or a deadlock, at a statement,
+    /// in a before-commit hook or at COMMIT): the handler runs again in a new transaction, on
+    /// the request's body buffered in memory (see [`retry_body_limit`](Self::retry_body_limit)),
+    /// after a jittered pause that grows from about 10 ms to at most 1 s. Each attempt's hooks
+    /// run only if it is the last. A statement's refusal is known by the response carrying
+    /// [`Refused`]; the last attempt's response is returned (`409` from
+    /// `transactional::Error`).
+    pub fn retry(mut self, retries: u32) -> Self {
+        self.replay.retries = retries;
+        self
+    }
+
+    /// The largest request body [`retry`](Self::retry) buffers to replay (default
+    /// [`DEFAULT_RETRY_BODY_LIMIT`]). A request that declares a larger `Content-Length` runs
+    /// once, unbuffered; one that turns out larger while it is read is answered `413 Payload
+    /// Too Large`.
+    pub fn retry_body_limit(mut self, bytes: usize) -> Self {
+        self.replay.body_limit = bytes;
         self
     }
 
@@ -165,6 +239,12 @@ impl<B, E> From<Error> for Ended<B, E> {
 }
 
 impl<B, E> Ended<B, E> {
+    /// Whether the handler's answer says the database refused the transaction (see
+    /// [`Refused`]).
+    fn refused(output: &Result<Response<B>, Ended<B, E>>) -> bool {
+        matches!(output, Err(Ended::RolledBack(response)) if response.extensions().get::<Refused>().is_some())
+    }
+
     fn describe(output: &Result<Response<B>, Ended<B, E>>, text: bool) -> Option<Facts> {
         let words = match output {
             Err(Ended::RolledBack(response)) => {
@@ -182,7 +262,9 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: http_body::Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
     ResBody: From<String> + Send + 'static,
 {
     type Response = Response<ResBody>;
@@ -196,7 +278,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // The clone that was made ready is the one that serves this request.
         let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let inner = std::mem::replace(&mut self.inner, ready);
         let read_only = self.layer.read_only.contains(request.method());
         let scope = self
             .layer
@@ -205,27 +287,121 @@ where
             .name(format!("{} {}", request.method(), request.uri().path()))
             .read_only(read_only || self.layer.scope.options().read_only);
         let rolls_back = self.layer.rolls_back.clone();
+        let replay = self.layer.replay;
         Box::pin(async move {
-            let body = async move {
-                match inner.call(request).await {
-                    Ok(response) if rolls_back(response.status()) => {
-                        Err(Ended::RolledBack(response))
+            let ended = if replay.retries == 0 {
+                let body = handle(inner, request, rolls_back);
+                scope.run_describing(body, Ended::describe).await
+            } else {
+                match replayable(request, replay.body_limit).await {
+                    Replayable::Buffered(parts, bytes) => {
+                        let make = move || {
+                            let request = Request::from_parts(parts.clone(), bytes.clone().into());
+                            handle_when_ready(inner.clone(), request, rolls_back.clone())
+                        };
+                        let refused: Classify<_> = Arc::new(Ended::refused);
+                        let options = scope.options().clone();
+                        let describe = Some(Ended::describe as crate::scope::Describe<_>);
+                        let rule = None::<fn(&Ended<ResBody, S::Error>) -> bool>;
+                        retrying(options, replay.retries, rule, describe, Some(refused), make).await
                     }
-                    Ok(response) => Ok(response),
-                    Err(error) => Err(Ended::Failed(error)),
+                    Replayable::TooLarge(request) => {
+                        let body = handle(inner, request, rolls_back);
+                        scope.run_describing(body, Ended::describe).await
+                    }
+                    Replayable::Unread(status, message) => {
+                        return Ok(plain(status, message));
+                    }
                 }
             };
-            match scope.run_describing(body, Ended::describe).await {
+            match ended {
                 Ok(response) | Err(Ended::RolledBack(response)) => Ok(response),
                 Err(Ended::Failed(error)) => Err(error),
                 Err(Ended::Library(error)) => {
                     let (status, message) = answer(&error);
-                    let mut response = Response::new(ResBody::from(message.to_owned()));
-                    *response.status_mut() = status;
-                    Ok(response)
+                    Ok(plain(status, message))
                 }
             }
         })
+    }
+}
+
+/// A response of `status` with `message` as its body.
+fn plain<B: From<String>>(status: StatusCode, message: &str) -> Response<B> {
+    let mut response = Response::new(B::from(message.to_owned()));
+    *response.status_mut() = status;
+    response
+}
+
+/// The handler's answer to one request, as a scope's body: a response that rolls back is an
+/// `Err`.
+async fn handle<S, ReqBody, ResBody>(
+    mut inner: S,
+    request: Request<ReqBody>,
+    rolls_back: RollsBack,
+) -> Result<Response<ResBody>, Ended<ResBody, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    match inner.call(request).await {
+        Ok(response) if rolls_back(response.status()) => Err(Ended::RolledBack(response)),
+        Ok(response) => Ok(response),
+        Err(error) => Err(Ended::Failed(error)),
+    }
+}
+
+/// [`handle`] on a clone of the service, once it is ready (an attempt after the first).
+async fn handle_when_ready<S, ReqBody, ResBody>(
+    mut inner: S,
+    request: Request<ReqBody>,
+    rolls_back: RollsBack,
+) -> Result<Response<ResBody>, Ended<ResBody, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    if let Err(error) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+        return Err(Ended::Failed(error));
+    }
+    handle(inner, request, rolls_back).await
+}
+
+/// A request made ready to run more than once.
+enum Replayable<B> {
+    /// Its head, and its body read into memory.
+    Buffered(http::request::Parts, Bytes),
+    /// It declares a body larger than the limit: it runs once, as it is.
+    TooLarge(Request<B>),
+    /// Its body could not be read: the answer instead.
+    Unread(StatusCode, &'static str),
+}
+
+/// Reads `request`'s body into memory, up to `limit` bytes.
+async fn replayable<B>(request: Request<B>, limit: usize) -> Replayable<B>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Replayable::TooLarge(request);
+    }
+    let (parts, body) = request.into_parts();
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Replayable::Buffered(parts, collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Replayable::Unread(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than this service replays",
+        ),
+        Err(error) => {
+            tracing::warn!(target: "transactional", %error, "could not read a request body");
+            Replayable::Unread(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        }
     }
 }
 
@@ -259,11 +435,16 @@ fn answer(error: &Error) -> (StatusCode, &'static str) {
 }
 
 /// `504` for a timeout, `503` when no connection could be had, `409` for a serialization
-/// failure or deadlock (the client may retry), `500` otherwise; the body says which in plain
-/// words and nothing about the database. The error itself is logged.
+/// failure or deadlock (the client may retry; the response carries [`Refused`], which
+/// [`TransactionLayer::retry`] runs the request again on), `500` otherwise; the body says
+/// which in plain words and nothing about the database. The error itself is logged.
 impl IntoResponse for Error {
     fn into_response(self) -> axum_core::response::Response {
-        answer(&self).into_response()
+        let mut response = answer(&self).into_response();
+        if self.is_serialization_failure() {
+            response.extensions_mut().insert(Refused);
+        }
+        response
     }
 }
 
