@@ -498,6 +498,8 @@ conformance! {
         })).await;
         let err = r.unwrap_err();
         assert!(matches!(err.tx(), transactional::Error::Commit { outcome_unknown: false, .. }), "{err:?}");
+        let message = err.tx().to_string();
+        assert!(message.to_lowercase().contains("foreign key"), "the database's own words: {message}");
         assert_eq!(log.events(), ["tx after_rollback CommitFailed", "tx after_completion RolledBack"]);
         assert!(env.ids().await.is_empty());
         let mut conn = env.observer.acquire().await.expect("observer");
