@@ -215,6 +215,10 @@ mod tests {
             DatabaseFailure::find(&AppError::Tx(Error::UnexpectedRollback)),
             None
         );
+        assert_eq!(
+            DatabaseFailure::find(&AppError::Tx(Error::Database(sqlx::Error::PoolTimedOut))),
+            None
+        );
         let facts = Facts::of_error(&AppError::NotFound, true);
         assert_eq!(facts.text.as_deref(), Some("not found"));
         assert_eq!(Facts::of_error(&AppError::NotFound, false).text, None);

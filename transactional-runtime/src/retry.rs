@@ -144,7 +144,6 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
 
     #[test]
     fn pauses_grow_with_jitter_and_stay_bounded() {
@@ -158,23 +157,5 @@ mod tests {
         }
         let spread: std::collections::HashSet<_> = (0..50).map(|_| pause(3)).collect();
         assert!(spread.len() > 10, "jittered: {spread:?}");
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    enum AppError {
-        #[error(transparent)]
-        Tx(#[from] Error),
-        #[error(transparent)]
-        Db(#[from] sqlx::Error),
-        #[error("not found")]
-        NotFound,
-    }
-
-    #[test]
-    fn the_source_chain_is_searched_for_the_database_error() {
-        assert!(!AppError::NotFound.is_retryable());
-        assert!(!AppError::Db(sqlx::Error::RowNotFound).is_retryable());
-        assert!(!AppError::Tx(Error::UnexpectedRollback).is_retryable());
-        assert!(!AppError::Tx(Error::Database(sqlx::Error::PoolTimedOut)).is_retryable());
     }
 }

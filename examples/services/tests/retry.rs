@@ -4,40 +4,28 @@
 //! `500`; with it, the layer runs them again until every one commits, and the total balance
 //! is what it was.
 
+// The todo service's error type: the library's answer for a database's error (`409`, and
+// `web::Refused`, for a refusal).
+#[path = "../../web.rs"]
+#[allow(dead_code)]
+mod web;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use sqlx::{Any, AnyPool};
 use transactional::web::TransactionLayer;
 use transactional::Isolation;
 use transactional_service_examples::db::{self, sql};
+use web::AppError;
 
 const ACCOUNTS: i64 = 3;
 const OPENING: i64 = 10_000;
 const REQUESTS: i64 = 60;
-
-/// A handler's failure: the library's answer (`409` and `Refused` for a refusal).
-#[derive(Debug, thiserror::Error)]
-enum AppError {
-    #[error(transparent)]
-    Tx(#[from] transactional::Error),
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        match self {
-            AppError::Tx(error) => error.into_response(),
-            AppError::Db(error) => transactional::Error::from(error).into_response(),
-        }
-    }
-}
 
 /// Moves 7 from one account to the other, reading both balances first, so that concurrent
 /// transfers on the same accounts conflict.
