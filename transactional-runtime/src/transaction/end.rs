@@ -281,7 +281,11 @@ impl Transaction {
             });
         }
         if settle {
-            self.settle(conn).await?;
+            if let Err(error) = self.settle(conn).await {
+                // Its state is unknown: closed, never pooled.
+                self.rollback_failed(conn, None);
+                return Err(error);
+            }
         }
         let mut intent = if commit {
             Finished::Committed
@@ -325,7 +329,7 @@ impl Transaction {
         };
         let error = match ended {
             Ok(()) => {
-                self.lock().reset = None;
+                self.closed(None);
                 return Ok(intent);
             }
             Err(sqlx::Error::Database(error)) => error,
@@ -341,16 +345,18 @@ impl Transaction {
         let underneath = self.found(found);
         // Roll back what is open (an aborted transaction, one MySQL began after ending ours, a
         // COMMIT refused), and give the session its settings back.
-        if let Some(sql) = dialect.roll_back_after(found, reset) {
-            match self.clean_up(conn, &sql, Cleaning::Transaction).await {
-                Ok(Ok(())) => self.lock().reset = None,
+        match dialect.roll_back_after(found, reset) {
+            Some(sql) => match self.clean_up(conn, &sql, Cleaning::Transaction).await {
+                Ok(Ok(())) => self.closed(None),
                 Ok(Err(source)) => {
                     self.rollback_failed(conn, Some(source));
                 }
                 Err(_) => {
                     self.rollback_failed(conn, None);
                 }
-            }
+            },
+            // Nothing open, nothing to reset (SQLite, after it rolled back by itself).
+            None => self.closed(None),
         }
         let source = sqlx::Error::Database(error);
         Ok(match (underneath, commit) {
@@ -391,15 +397,21 @@ impl Transaction {
         self.broken()
     }
 
-    /// Returns a connection whose transaction is over to its pool, clean, or closes it.
+    /// The transaction's end statements ran: nothing is open on its connection, and the
+    /// session has its settings back (`reset`: what is still to send, if anything).
+    fn closed(&self, reset: Option<&'static str>) {
+        let mut st = self.lock();
+        st.begun = false;
+        st.reset = reset;
+    }
+
+    /// Returns a connection whose transaction is over to its pool, clean, or closes it: what
+    /// its end could not send (a ROLLBACK, a reset) is sent first, in a task.
     fn release(&self, conn: Option<Conn>) {
         let mut st = self.lock();
         st.slot = Slot::Empty;
         st.closing = true;
-        let cleanup = Cleanup {
-            rollback: None,
-            ..Cleanup::of(&st, self.dialect())
-        };
+        let cleanup = Cleanup::of(&st, self.dialect());
         let broken = st.broken;
         drop(st);
         self.changed.notify_waiters();

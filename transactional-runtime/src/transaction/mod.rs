@@ -81,6 +81,8 @@ pub(crate) struct Transaction {
 #[derive(Default)]
 struct State {
     slot: Slot,
+    /// BEGIN was sent and its end (COMMIT, ROLLBACK) has not run yet: the connection has a
+    /// transaction open, which a cleanup rolls back.
     begun: bool,
     /// Open savepoints, outermost first.
     savepoints: Vec<Open>,
