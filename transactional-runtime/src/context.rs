@@ -99,19 +99,14 @@ impl Context {
         self.derive(|_| {})
     }
 
-    /// What is current on `data_source`: `None` if no scope set anything, `Some(None)` if a
-    /// scope runs without a transaction there.
-    pub(crate) fn binding(&self, data_source: &str) -> Option<Option<&Arc<Frame>>> {
+    /// The frame of the transaction current on `data_source`, if any: none where no scope
+    /// bound one, or the innermost scope runs without a transaction.
+    pub(crate) fn frame(&self, data_source: &str) -> Option<&Arc<Frame>> {
         self.inner
             .bindings
             .iter()
             .find(|(name, _)| &**name == data_source)
-            .map(|(_, frame)| frame.as_ref())
-    }
-
-    /// The frame of the transaction current on `data_source`, if any.
-    pub(crate) fn frame(&self, data_source: &str) -> Option<&Arc<Frame>> {
-        self.binding(data_source).flatten()
+            .and_then(|(_, frame)| frame.as_ref())
     }
 
     /// The data source `connection()` means here: the innermost scope's, else `"default"`.

@@ -7,14 +7,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::time::Instant;
 
+use super::state::{first_abandoned, Interrupt, Life, Owed, Slot, State};
 use super::underneath::Underneath;
-use super::{
-    first_abandoned, Cleaning, Frame, SavepointFailure, Slot, State, Transaction, CLEANUP_TIMEOUT,
-};
+use super::{Cleaning, Frame, SavepointFailure, Transaction, CLEANUP_TIMEOUT};
 use crate::dialect::Dialect;
 use crate::driver::Conn;
 use crate::error::Error;
 use crate::hooks::RollbackCause;
+
+/// What an end finds in the slot once no control statement runs on it.
+enum Taken {
+    /// The connection, for the end's statements (and where the savepoint is in the stack).
+    Conn(Conn, usize),
+    /// No connection, or no savepoint open: nothing to send.
+    Nothing,
+    /// A connection guard of the scope still holds it: it is rolled back when given back.
+    GuardHolds,
+}
 
 /// How the owner's end went.
 pub(crate) enum Finished {
@@ -71,18 +80,18 @@ impl Transaction {
         let taken = self
             .when_settled(|st| {
                 let Some(at) = st.savepoints.iter().position(|o| o.level == level.id) else {
-                    return Some(None);
+                    return Some(Taken::Nothing);
                 };
                 match &st.slot {
                     Slot::Busy | Slot::Acquiring => None,
                     Slot::Lent(holder) if holder.is_within(frame) => {
                         st.savepoints[at].abandoned = true;
-                        Some(Some(Err(())))
+                        Some(Taken::GuardHolds)
                     }
                     Slot::Lent(_) => None,
-                    Slot::Empty => Some(None),
+                    Slot::Empty => Some(Taken::Nothing),
                     Slot::Idle(_) => match std::mem::replace(&mut st.slot, Slot::Busy) {
-                        Slot::Idle(conn) => Some(Some(Ok((conn, at)))),
+                        Slot::Idle(conn) => Some(Taken::Conn(conn, at)),
                         _ => unreachable!(),
                     },
                 }
@@ -93,7 +102,7 @@ impl Transaction {
                 level.end();
                 return SavepointEnd::Failed(error);
             }
-            Ok(None) => {
+            Ok(Taken::Nothing) => {
                 level.end();
                 // Never opened: nothing to send. Or the transaction is already over (its
                 // owner ended first): the savepoint went with it.
@@ -103,12 +112,12 @@ impl Transaction {
                     SavepointEnd::Done
                 };
             }
-            Ok(Some(Err(()))) => {
+            Ok(Taken::GuardHolds) => {
                 level.end();
                 self.changed.notify_waiters();
                 return SavepointEnd::GuardOutlived;
             }
-            Ok(Some(Ok(taken))) => taken,
+            Ok(Taken::Conn(conn, at)) => (conn, at),
         };
         let ended = self
             .close_savepoint(&mut conn, at, release, abandoned)
@@ -134,7 +143,7 @@ impl Transaction {
         let (settle, name, abandoned_above) = {
             let st = self.lock();
             let above = first_abandoned(&st.savepoints[at + 1..]).map(|(i, n)| (at + 1 + i, n));
-            let settle = st.interrupt_fired || st.drain;
+            let settle = st.owed != Owed::Nothing;
             (settle, st.savepoints[at].name.clone(), above)
         };
         if settle {
@@ -201,25 +210,26 @@ impl Transaction {
         let taken = self
             .when_settled(|st| match std::mem::replace(&mut st.slot, Slot::Busy) {
                 Slot::Busy => None,
-                Slot::Idle(conn) => Some(Ok(Some(conn))),
+                Slot::Idle(conn) => Some(Taken::Conn(conn, 0)),
                 // Nothing was begun; a connection still on its way is sent back by whoever
                 // awaits it (see `lend`).
                 empty @ (Slot::Empty | Slot::Acquiring) => {
                     st.slot = empty;
-                    Some(Ok(None))
+                    Some(Taken::Nothing)
                 }
                 lent @ Slot::Lent(_) => {
                     st.slot = lent;
-                    st.closing = true;
-                    Some(Err(()))
+                    st.life.close();
+                    Some(Taken::GuardHolds)
                 }
             })
             .await;
         let mut conn = match taken {
-            Ok(Ok(Some(conn))) => conn,
-            Ok(Ok(None)) => {
+            Ok(Taken::Conn(conn, _)) => conn,
+            Ok(Taken::Nothing) => {
                 let st = self.lock();
-                return match (st.begun || st.broken, commit) {
+                let began = matches!(st.life, Life::Begun | Life::Broken);
+                return match (began, commit) {
                     // Never began: nothing to send.
                     (false, true) => Finished::Committed,
                     (false, false) => Finished::RolledBack,
@@ -230,9 +240,9 @@ impl Transaction {
                     (true, false) => Finished::RolledBack,
                 };
             }
-            Ok(Err(())) => return Finished::GuardOutlived,
+            Ok(Taken::GuardHolds) => return Finished::GuardOutlived,
             Err(error) => {
-                self.lock().closing = true;
+                self.lock().life.close();
                 return if commit {
                     Finished::NotCommitted(error, RollbackCause::CommitFailed)
                 } else {
@@ -271,9 +281,9 @@ impl Transaction {
         let (settle, still_open, reset) = {
             let st = self.lock();
             let first = st.savepoints.first().map(|open| open.name.clone());
-            (st.interrupt_fired || st.drain, first, st.reset)
+            (st.owed != Owed::Nothing, first, st.reset)
         };
-        if !self.lock().begun {
+        if self.lock().life != Life::Begun {
             return Ok(if commit {
                 Finished::Committed
             } else {
@@ -393,7 +403,7 @@ impl Transaction {
             }
         }
         conn.set_clean(false);
-        self.lock().broken = true;
+        self.lock().life = Life::Broken;
         self.broken()
     }
 
@@ -401,7 +411,7 @@ impl Transaction {
     /// session has its settings back (`reset`: what is still to send, if anything).
     fn closed(&self, reset: Option<&'static str>) {
         let mut st = self.lock();
-        st.begun = false;
+        st.life = Life::Closing { open: false };
         st.reset = reset;
     }
 
@@ -410,9 +420,9 @@ impl Transaction {
     fn release(&self, conn: Option<Conn>) {
         let mut st = self.lock();
         st.slot = Slot::Empty;
-        st.closing = true;
+        st.life.close();
         let cleanup = Cleanup::of(&st, self.dialect());
-        let broken = st.broken;
+        let broken = st.life == Life::Broken;
         drop(st);
         self.changed.notify_waiters();
         if let Some(conn) = conn {
@@ -435,9 +445,9 @@ pub(super) struct Cleanup {
 impl Cleanup {
     pub(super) fn of(st: &State, dialect: Dialect) -> Cleanup {
         Cleanup {
-            rollback: st.begun.then(|| dialect.rollback()),
+            rollback: st.life.is_open().then(|| dialect.rollback()),
             reset: st.reset,
-            disarm: st.interrupt_armed,
+            disarm: st.interrupt == Interrupt::Armed,
         }
     }
 

@@ -6,15 +6,25 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{
-    first_abandoned, Frame, Lease, Level, Open, SavepointFailure, Slot, State, Transaction,
-    Underneath,
-};
+use super::state::{first_abandoned, Interrupt, Life, Open, Owed, Slot, State};
+use super::{Frame, Lease, Level, SavepointFailure, Transaction, Underneath};
 use crate::detach::Detachable;
 use crate::dialect::Dialect;
 use crate::driver::{Conn, Watch};
 use crate::error::Error;
 use crate::status::{acquire_hint, counted_wait, Counted};
+
+/// What one look at the slot gives a borrower.
+enum Turn {
+    /// Someone else has the connection, a statement cancel is landing, or a concurrent NESTED
+    /// scope's savepoint is open: wait for a change.
+    Wait,
+    /// Lent at once: nothing to send first.
+    Lent(Lease),
+    /// Lent once `Prepare`'s statements have run, on the idle connection or (`None`) on one
+    /// taken from the pool.
+    Prepare(Option<Conn>, Prepare),
+}
 
 /// What to send before lending the connection.
 #[derive(Default)]
@@ -40,17 +50,16 @@ impl Transaction {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(ready) = self.try_lend(frame)? {
-                return match ready {
-                    Ok(lease) => Ok(lease),
-                    Err((conn, plan)) => {
-                        // The statements run to completion even if this waiter goes away; only
-                        // a waiter still here turns the connection into a lease.
-                        let work = self.clone().prepare(conn, plan);
-                        let prepared = Detachable::new(work).await?;
-                        prepared.lend_to(frame)
-                    }
-                };
+            match self.try_lend(frame)? {
+                Turn::Wait => {}
+                Turn::Lent(lease) => return Ok(lease),
+                Turn::Prepare(conn, plan) => {
+                    // The statements run to completion even if this waiter goes away; only a
+                    // waiter still here turns the connection into a lease.
+                    let work = self.clone().prepare(conn, plan);
+                    let prepared = Detachable::new(work).await?;
+                    return prepared.lend_to(frame);
+                }
             }
             if tokio::time::timeout_at(limit, notified).await.is_err() {
                 return Err(self.busy(waited));
@@ -73,18 +82,13 @@ impl Transaction {
         }
     }
 
-    /// `Ok(None)`: wait. `Ok(Some(Ok(lease)))`: lent. `Ok(Some(Err(..)))`: lent once these
-    /// statements have run.
-    #[allow(clippy::type_complexity)]
-    fn try_lend(
-        self: &Arc<Self>,
-        frame: &Arc<Frame>,
-    ) -> Result<Option<Result<Lease, (Option<Conn>, Prepare)>>, Error> {
+    /// One look at the slot on `frame`'s behalf.
+    fn try_lend(self: &Arc<Self>, frame: &Arc<Frame>) -> Result<Turn, Error> {
         if self.is_ended() || frame.level.is_ended() {
             return Err(Error::TransactionFinished);
         }
         let mut st = self.lock();
-        if st.broken {
+        if st.life == Life::Broken {
             return Err(self.broken());
         }
         let underneath = self.underneath(&st);
@@ -94,28 +98,28 @@ impl Transaction {
             drop(st);
             return Err(self.underneath_error(underneath, None));
         }
-        if st.cancelling > 0 {
+        if st.cancels.in_flight() > 0 {
             // A statement cancel is on its way: nothing else may run before it lands.
-            return Ok(None);
+            return Ok(Turn::Wait);
         }
         match st.slot {
-            Slot::Lent(_) | Slot::Busy | Slot::Acquiring => return Ok(None),
-            Slot::Empty if st.begun => return Err(Error::TransactionFinished),
+            Slot::Lent(_) | Slot::Busy | Slot::Acquiring => return Ok(Turn::Wait),
+            Slot::Empty if st.life == Life::Begun => return Err(Error::TransactionFinished),
             Slot::Empty | Slot::Idle(_) => {}
         }
         let chain = frame.level.savepoint_chain();
         let Some(opened) = eligible(&st.savepoints, &chain) else {
-            return Ok(None);
+            return Ok(Turn::Wait);
         };
         let timed = frame.deadline.is_some();
         let nests = chain.len() > opened;
         let dialect = self.dialect();
         let mut plan = Prepare {
-            begin: !st.begun,
-            settle: st.interrupt_fired || st.drain,
+            begin: st.life == Life::NotBegun,
+            settle: st.owed != Owed::Nothing,
             // To cancel a statement at a deadline, or one of a NESTED scope that is dropped.
             session: (timed || nests) && st.session.is_none() && dialect.session_id().is_some(),
-            arm: timed && !st.interrupt_armed && dialect == Dialect::Sqlite,
+            arm: timed && st.interrupt == Interrupt::Unarmed && dialect == Dialect::Sqlite,
             cleanup: first_abandoned(&st.savepoints),
             open: Vec::new(),
         };
@@ -139,10 +143,10 @@ impl Transaction {
         if !needs_work {
             if let Some(conn) = conn {
                 st.slot = Slot::Lent(frame.clone());
-                return Ok(Some(Ok(self.lease(conn, frame))));
+                return Ok(Turn::Lent(self.lease(conn, frame)));
             }
         }
-        Ok(Some(Err((conn, plan))))
+        Ok(Turn::Prepare(conn, plan))
     }
 
     fn lease(self: &Arc<Self>, conn: Conn, holder: &Arc<Frame>) -> Lease {
@@ -225,7 +229,7 @@ impl Transaction {
             match begun {
                 Ok(session) => {
                     let mut st = self.lock();
-                    st.begun = true;
+                    st.life = Life::Begun;
                     st.reset = begin.reset;
                     if session_query.is_some() {
                         st.session = session;
@@ -257,7 +261,9 @@ impl Transaction {
             match conn.get_mut().arm(watch.clone(), interrupt).await {
                 Ok(armed) => {
                     let mut st = self.lock();
-                    st.interrupt_armed |= armed.interrupting;
+                    if armed.interrupting {
+                        st.interrupt = Interrupt::Armed;
+                    }
                     if let (true, Some(watch)) = (armed.watching, watch) {
                         conn.watched_by(watch.clone());
                         st.watch = Some(watch);

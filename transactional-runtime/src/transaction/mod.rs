@@ -10,10 +10,11 @@
 mod end;
 mod lend;
 mod level;
+mod state;
 mod underneath;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -23,12 +24,12 @@ use tokio::time::Instant;
 use end::Cleanup;
 pub(crate) use end::{Finished, SavepointEnd};
 pub(crate) use level::{Frame, Level, Role};
+use state::{Interrupt, Life, Owed, Slot, State};
 
 use crate::data_source::DataSource;
-use crate::dialect::{Dialect, Found};
-use crate::driver::{Conn, TxConnection, Watch};
+use crate::dialect::Dialect;
+use crate::driver::{Conn, TxConnection};
 use crate::error::Error;
-use crate::inspect::DatabaseFailure;
 use crate::options::TxOptions;
 use underneath::{forget_failures, Underneath};
 
@@ -78,73 +79,6 @@ pub(crate) struct Transaction {
     savepoints: AtomicU32,
 }
 
-#[derive(Default)]
-struct State {
-    slot: Slot,
-    /// BEGIN was sent and its end (COMMIT, ROLLBACK) has not run yet: the connection has a
-    /// transaction open, which a cleanup rolls back.
-    begun: bool,
-    /// Open savepoints, outermost first.
-    savepoints: Vec<Open>,
-    /// The server session, to cancel a statement from another connection.
-    session: Option<i64>,
-    interrupt_armed: bool,
-    interrupt_fired: bool,
-    /// A statement was cut off: its answer is taken before the connection serves anyone.
-    drain: bool,
-    /// SQLite's account of the transaction (see `driver::Watch`).
-    watch: Option<Arc<Watch>>,
-    /// A statement that gives the session its setting back, until it has been sent.
-    reset: Option<&'static str>,
-    /// Database errors the scopes' bodies returned, by level, while that level's work stands.
-    failures: Vec<(u64, DatabaseFailure)>,
-    /// What the end of the transaction (or of a savepoint) found the database had done to it.
-    found: Option<Found>,
-    /// Its connection was lost or closed half-way: nothing more runs in it.
-    broken: bool,
-    /// The owner has ended it: a connection given back is cleaned up and released.
-    closing: bool,
-    /// Statement cancels on their way to the server: the connection is not used, nor
-    /// returned to the pool, until they have landed (a late one would hit the next statement).
-    cancelling: usize,
-    /// A statement of it was cancelled: one that ignores the cancel gets its session ended
-    /// (see [`STUCK_AFTER_CANCEL`]).
-    cancel_sent: bool,
-}
-
-#[derive(Default)]
-enum Slot {
-    /// No connection: not begun yet, or released.
-    #[default]
-    Empty,
-    Idle(Conn),
-    /// Lent to a guard of this frame.
-    Lent(Arc<Frame>),
-    /// A control statement runs on it.
-    Busy,
-    /// Not begun yet: its first connection is being taken from the pool. Nothing has been
-    /// sent, so the transaction can end without waiting for it; a connection that arrives
-    /// after the end goes straight back to the pool.
-    Acquiring,
-}
-
-struct Open {
-    level: u64,
-    /// Weak: a level whose scope has gone leaves its savepoint abandoned.
-    scope: Weak<Level>,
-    name: String,
-    /// Its scope was dropped: roll back to it before the next statement.
-    abandoned: bool,
-}
-
-impl Open {
-    /// Its scope was dropped, or ended without closing it (the scope of a savepoint opened on
-    /// its behalf after it was dropped): roll back to it before the next statement.
-    fn is_abandoned(&self) -> bool {
-        self.abandoned || self.scope.upgrade().is_none_or(|level| level.is_ended())
-    }
-}
-
 impl Transaction {
     pub(crate) fn new(
         data_source: Arc<DataSource>,
@@ -185,7 +119,7 @@ impl Transaction {
     /// Whether it has begun and holds its connection.
     pub(crate) fn holds_connection(&self) -> bool {
         let st = self.lock();
-        st.begun && !matches!(st.slot, Slot::Empty)
+        st.life == Life::Begun && !matches!(st.slot, Slot::Empty)
     }
 
     fn statement_error(&self, source: sqlx::Error) -> Error {
@@ -230,7 +164,7 @@ impl Transaction {
         let again = {
             let st = self.lock();
             st.session
-                .filter(|_| st.cancel_sent)
+                .filter(|_| st.cancels.sent())
                 .and_then(|session| self.dialect().cancel(session))
         };
         let limit = match (&again, cleaning) {
@@ -271,8 +205,8 @@ impl Transaction {
     async fn stuck(&self) -> Error {
         let (session, cancelled) = {
             let mut st = self.lock();
-            st.broken = true;
-            (st.session, st.cancel_sent)
+            st.life = Life::Broken;
+            (st.session, st.cancels.sent())
         };
         let terminate = session
             .filter(|_| cancelled)
@@ -299,18 +233,11 @@ impl Transaction {
     /// transaction back (it does when an interrupted statement was writing): then nothing more
     /// may run in it, or it would autocommit.
     async fn settle(&self, conn: &mut Conn) -> Result<(), Error> {
-        let (fired, drain) = {
-            let mut st = self.lock();
-            (
-                std::mem::take(&mut st.interrupt_fired),
-                std::mem::take(&mut st.drain),
-            )
-        };
-        if drain {
-            self.drain(conn).await?;
-        }
-        if !fired {
-            return Ok(());
+        let owed = std::mem::take(&mut self.lock().owed);
+        match owed {
+            Owed::Nothing => return Ok(()),
+            Owed::Answer => return self.drain(conn).await,
+            Owed::Interrupted => {}
         }
         let waited = tokio::time::timeout(CLEANUP_TIMEOUT, conn.get_mut().settle_interrupt()).await;
         self.interrupt.store(false, Ordering::Release);
@@ -355,7 +282,7 @@ impl Transaction {
         let mut st = self.lock();
         let holds = matches!(&st.slot, Slot::Lent(holder) if holder.is_within(scope));
         if holds && self.dialect() != Dialect::Sqlite {
-            st.drain = true;
+            st.owed = Owed::Answer;
         }
     }
 
@@ -364,7 +291,7 @@ impl Transaction {
     fn fail(&self, conn: Conn, error: Error) -> Error {
         conn.close();
         let mut st = self.lock();
-        st.broken = true;
+        st.life = Life::Broken;
         st.slot = Slot::Empty;
         drop(st);
         self.changed.notify_waiters();
@@ -381,11 +308,11 @@ impl Transaction {
     fn give_back(&self, conn: Option<Conn>) {
         let mut st = self.lock();
         let dispose = match conn {
-            Some(conn) if st.broken => {
+            Some(conn) if st.life == Life::Broken => {
                 conn.close();
                 None
             }
-            Some(conn) if st.closing => Some(conn),
+            Some(conn) if matches!(st.life, Life::Closing { .. }) => Some(conn),
             Some(conn) => {
                 st.slot = Slot::Idle(conn);
                 None
@@ -418,7 +345,7 @@ impl Transaction {
             notified.as_mut().enable();
             {
                 let mut st = self.lock();
-                if st.cancelling == 0 {
+                if st.cancels.in_flight() == 0 {
                     if let Some(taken) = take(&mut st) {
                         return Ok(taken);
                     }
@@ -441,15 +368,14 @@ impl Transaction {
         if !holder.is_within(scope) {
             return None;
         }
-        if st.interrupt_armed {
+        if st.interrupt == Interrupt::Armed {
             self.interrupt.store(true, Ordering::Release);
-            st.interrupt_fired = true;
+            st.owed = Owed::Interrupted;
             return None;
         }
         let sql = self.dialect().cancel(st.session?)?;
         let source = self.data_source.source.clone();
-        st.cancelling += 1;
-        st.cancel_sent = true;
+        st.cancels.start();
         let landed = CancelLanded(self.clone());
         Some(Box::pin(async move {
             if let Ok(Err(error)) =
@@ -495,18 +421,12 @@ pub(crate) enum SavepointFailure {
     Broken(Error),
 }
 
-fn first_abandoned(open: &[Open]) -> Option<(usize, String)> {
-    open.iter()
-        .position(|o| o.is_abandoned())
-        .map(|at| (at, open[at].name.clone()))
-}
-
 /// Counts a statement cancel as landed when dropped.
 struct CancelLanded(Arc<Transaction>);
 
 impl Drop for CancelLanded {
     fn drop(&mut self) {
-        self.0.lock().cancelling -= 1;
+        self.0.lock().cancels.landed();
         self.0.changed.notify_waiters();
     }
 }

@@ -5,7 +5,8 @@
 //! errors their bodies returned, and SQLite's own account (its rollback hook, see
 //! `driver::Watch`). docs/SEMANTICS.md, "When the database ends a transaction".
 
-use super::{SavepointFailure, State, Transaction};
+use super::state::State;
+use super::{SavepointFailure, Transaction};
 use crate::dialect::{Dialect, Found};
 use crate::error::Error;
 use crate::inspect::DatabaseFailure;
