@@ -8,7 +8,7 @@
 //! ("Retry").
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,18 +97,16 @@ where
 {
     let mut number = 1;
     loop {
-        let again = Arc::new(AtomicBool::new(false));
         let attempt = Attempt {
             number,
             last: number > retries,
             classify: classify.clone(),
-            again: again.clone(),
         };
-        let output = Scope::new(options.clone(), rule.as_ref(), Box::pin(make()))
+        let mut scope = Scope::new(options.clone(), rule.as_ref(), Box::pin(make()))
             .describing(describe)
-            .retrying(attempt)
-            .await;
-        if !again.load(Ordering::Acquire) {
+            .retrying(attempt);
+        let output = (&mut scope).await;
+        if !scope.another_attempt() {
             return output;
         }
         tokio::time::sleep(pause(number)).await;

@@ -10,9 +10,11 @@
 
 mod attempt;
 mod end;
+mod end_future;
+mod end_hooks;
 mod start;
 
-pub(crate) use attempt::{Attempt, AttemptEnd, Classify};
+pub(crate) use attempt::{Attempt, Classify};
 
 use std::any::Any;
 use std::future::Future;
@@ -23,7 +25,8 @@ use std::task::{Context as TaskContext, Poll};
 use crate::error::Error;
 use crate::inspect::{DatabaseFailure, Facts};
 use crate::options::TxOptions;
-use end::{BodyEnd, Report, ScopeEnd};
+use end::Exit;
+use end_future::{EndFuture, Report};
 use start::Running;
 
 /// What an annotated fn (or a scope's body) returns: a `Result` whose error type can carry the
@@ -71,6 +74,8 @@ pub struct Scope<B: Future, P> {
     stage: Stage,
     output: Option<B::Output>,
     panic: Option<Box<dyn Any + Send>>,
+    /// Once it has completed as one attempt of a retried scope: whether another follows.
+    again: bool,
 }
 
 /// Reads the body's output when it is an error: its words (when the flag asks for them, for a
@@ -80,7 +85,7 @@ pub type Describe<R> = fn(&R, bool) -> Option<Facts>;
 enum Stage {
     Start,
     Body(Running),
-    End(ScopeEnd),
+    End(EndFuture),
     Done,
 }
 
@@ -119,6 +124,12 @@ impl<B: Future, P> Scope<B, P> {
         self.attempt = Some(attempt);
         self
     }
+
+    /// Once the scope has completed as one attempt of a retried scope: whether its end decided
+    /// that another attempt follows.
+    pub(crate) fn another_attempt(&self) -> bool {
+        self.again
+    }
 }
 
 impl<B, P> Scope<B, P>
@@ -138,6 +149,7 @@ where
             stage: Stage::Start,
             output: None,
             panic: None,
+            again: false,
         }
     }
 
@@ -149,12 +161,12 @@ where
 
     /// Polls the body with the scope's context; `None` while it is pending.
     #[inline]
-    fn poll_body(&mut self, cx: &mut TaskContext<'_>) -> Option<BodyEnd> {
+    fn poll_body(&mut self, cx: &mut TaskContext<'_>) -> Option<Exit> {
         let Stage::Body(running) = &mut self.stage else {
             unreachable!("polling a body outside the body stage")
         };
         if running.deadline.is_some() && running.deadline_passed(cx) {
-            return Some(BodyEnd::Timeout);
+            return Some(Exit::Timeout);
         }
         let body = self.body.as_mut().expect("the body runs until it ends");
         let polled = {
@@ -167,7 +179,7 @@ where
             Ok(Poll::Pending) => None,
             Ok(Poll::Ready(output)) => {
                 let ended = match output.error() {
-                    None => BodyEnd::Ok,
+                    None => Exit::Ok,
                     Some(error) => {
                         if let Some(describe) = self.describe {
                             let text =
@@ -177,16 +189,17 @@ where
                                 running.failure = facts.database;
                             }
                         }
-                        if let (Some(attempt), Some(end)) = (&self.attempt, &mut running.attempt) {
-                            end.body_retryable = match &attempt.classify {
+                        if let (Some(attempt), Some(state)) = (&self.attempt, &mut running.attempt)
+                        {
+                            state.body_retryable = match &attempt.classify {
                                 Some(classify) => classify(&output),
                                 None => running.failure.as_ref().is_some_and(|f| f.concurrent),
                             };
-                            if end.body_retryable && running.failure.is_none() {
+                            if state.body_retryable && running.failure.is_none() {
                                 running.failure = Some(DatabaseFailure::concurrent_refusal());
                             }
                         }
-                        BodyEnd::Err {
+                        Exit::Err {
                             commits: self.rule.as_ref().is_some_and(|rule| rule(error)),
                         }
                     }
@@ -197,12 +210,13 @@ where
             Err(payload) => {
                 running.detail = Some(crate::hooks::panic_message(&*payload));
                 self.panic = Some(payload);
-                Some(BodyEnd::Panic)
+                Some(Exit::Panic)
             }
         }
     }
 
     fn finish(&mut self, report: Report) -> B::Output {
+        self.again = report.again;
         if let Some(payload) = self.panic.take().or(report.panic) {
             resume_unwind(payload);
         }
@@ -250,12 +264,7 @@ where
 {
     #[inline(never)]
     fn start(&mut self) -> Result<(), Error> {
-        let attempt = self.attempt.as_ref().map(|a| AttemptEnd {
-            number: a.number,
-            last: a.last,
-            body_retryable: false,
-            again: a.again.clone(),
-        });
+        let attempt = self.attempt.as_ref().map(Attempt::state);
         match Running::start(&self.options, self.test_root, attempt) {
             Ok(running) => {
                 self.stage = Stage::Body(running);
@@ -270,13 +279,13 @@ where
     }
 
     #[inline(never)]
-    fn end_body(&mut self, ended: BodyEnd) {
+    fn end_body(&mut self, ended: Exit) {
         let Stage::Body(running) = std::mem::replace(&mut self.stage, Stage::Done) else {
             unreachable!("the body ends in the body stage")
         };
         // Stop a statement cut off by the deadline before its guard is dropped.
         let cancel = match ended {
-            BodyEnd::Timeout => running.interrupt(true),
+            Exit::Timeout => running.interrupt(true),
             _ => None,
         };
         // Dropped in its own context, as it ran: a `Drop` in the body sees its scope.
@@ -293,6 +302,14 @@ where
         let report = std::task::ready!(end.poll(cx));
         self.stage = Stage::Done;
         Poll::Ready(self.finish(report))
+    }
+}
+
+/// The error of a scope that ran past its timeout.
+fn timeout_error(options: &TxOptions) -> Error {
+    Error::Timeout {
+        scope: options.name.clone(),
+        timeout: options.timeout.unwrap_or_default(),
     }
 }
 

@@ -10,7 +10,7 @@ use futures_util::FutureExt;
 use tokio::time::{Instant, Sleep};
 use tracing::Span;
 
-use super::attempt::AttemptEnd;
+use super::attempt::AttemptState;
 use crate::context::{Context, Mode};
 use crate::data_source::DataSource;
 use crate::error::Error;
@@ -40,7 +40,7 @@ pub(crate) struct Running {
     /// The database's error in the body's error, if any.
     pub(super) failure: Option<DatabaseFailure>,
     /// One attempt of a retried scope.
-    pub(super) attempt: Option<AttemptEnd>,
+    pub(super) attempt: Option<AttemptState>,
     /// Counts the transaction this scope suspended while it holds a connection (see
     /// `status::acquire_hint`).
     _suspension: Option<Counted>,
@@ -64,7 +64,7 @@ impl Running {
     pub(crate) fn start(
         options: &TxOptions,
         test_root: bool,
-        attempt: Option<AttemptEnd>,
+        attempt: Option<AttemptState>,
     ) -> Result<Running, Error> {
         let started = Instant::now();
         let span = trace::scope_span(options);
@@ -79,7 +79,7 @@ impl Running {
     fn decide(
         options: &TxOptions,
         test_root: bool,
-        attempt: Option<AttemptEnd>,
+        attempt: Option<AttemptState>,
         span: &Span,
         started: Instant,
     ) -> Result<Running, Error> {
@@ -273,13 +273,6 @@ impl Running {
             return None;
         }
         frame.tx().interrupt(frame)
-    }
-
-    pub(super) fn timeout_error(&self) -> Error {
-        Error::Timeout {
-            scope: self.options.name.clone(),
-            timeout: self.options.timeout.unwrap_or_default(),
-        }
     }
 }
 

@@ -104,7 +104,7 @@ impl Transaction {
         }
         match st.slot {
             Slot::Lent(_) | Slot::Busy | Slot::Acquiring => return Ok(Turn::Wait),
-            Slot::Empty if st.life == Life::Begun => return Err(Error::TransactionFinished),
+            Slot::Empty if st.life.is_open() => return Err(Error::TransactionFinished),
             Slot::Empty | Slot::Idle(_) => {}
         }
         let chain = frame.level.savepoint_chain();
@@ -115,7 +115,7 @@ impl Transaction {
         let nests = chain.len() > opened;
         let dialect = self.dialect();
         let mut plan = Prepare {
-            begin: st.life == Life::NotBegun,
+            begin: !st.life.is_open(),
             settle: st.owed != Owed::Nothing,
             // To cancel a statement at a deadline, or one of a NESTED scope that is dropped.
             session: (timed || nests) && st.session.is_none() && dialect.session_id().is_some(),

@@ -7,7 +7,8 @@
 //! runs to completion even if its caller is dropped (see `detach`). The rules are in
 //! docs/ARCHITECTURE.md ("The transaction's connection").
 
-mod end;
+mod cleanup;
+mod close;
 mod lend;
 mod level;
 mod state;
@@ -21,8 +22,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use end::Cleanup;
-pub(crate) use end::{Finished, SavepointEnd};
+use cleanup::Cleanup;
+pub(crate) use close::{Intent, SavepointClosed, TxClosed};
 pub(crate) use level::{Frame, Level, Role};
 use state::{Interrupt, Life, Owed, Slot, State};
 
@@ -119,7 +120,7 @@ impl Transaction {
     /// Whether it has begun and holds its connection.
     pub(crate) fn holds_connection(&self) -> bool {
         let st = self.lock();
-        st.life == Life::Begun && !matches!(st.slot, Slot::Empty)
+        st.life.is_open() && !matches!(st.slot, Slot::Empty)
     }
 
     fn statement_error(&self, source: sqlx::Error) -> Error {

@@ -54,10 +54,11 @@ pub(super) enum Slot {
 /// Where the transaction stands on its connection.
 ///
 /// ```text
-/// NotBegun ──BEGIN answered──► Begun ──COMMIT / ROLLBACK answered──► Closing { open: false }
-///     │                          │ the owner's end gave up the connection (a guard held it)
-///     │                          ▼
-///     └──────────────────► Closing { open: true }      any ──connection given up──► Broken
+/// NotBegun ──BEGIN answered──► Begun ──COMMIT sent──► Committing ──answered──► Closing { open: false }
+///                                │  └────────────ROLLBACK answered──────────────────────▲
+///                                │ the owner's end gave up the connection (a guard held it)
+///                                ▼
+///                          Closing { open: true }          any ──connection given up──► Broken
 /// ```
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Life {
@@ -66,6 +67,9 @@ pub(super) enum Life {
     NotBegun,
     /// BEGIN was answered; no end has been sent.
     Begun,
+    /// COMMIT was sent and is not answered yet: a deadline passing now leaves its outcome
+    /// unknown to the caller.
+    Committing,
     /// The owner has ended: a connection given back is cleaned up (rolled back first if the
     /// transaction is still `open` on it) and released, never lent again.
     Closing { open: bool },
@@ -77,7 +81,10 @@ pub(super) enum Life {
 impl Life {
     /// Whether the connection has the transaction open: a cleanup rolls it back.
     pub(super) fn is_open(self) -> bool {
-        matches!(self, Life::Begun | Life::Closing { open: true })
+        matches!(
+            self,
+            Life::Begun | Life::Committing | Life::Closing { open: true }
+        )
     }
 
     /// The owner's end lets the connection go: whoever gives it back disposes of it.

@@ -4,12 +4,11 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use futures_util::FutureExt;
 
-use super::End;
+use super::end::End;
 use crate::error::Error;
 use crate::events::EventKind;
 use crate::hooks::{run_after, Ending};
@@ -66,7 +65,7 @@ impl End {
         if hooks.is_empty() {
             return;
         }
-        let outer = if self.detached.load(Ordering::Acquire) {
+        let outer = if self.detached.is_set() {
             self.outer.without_transactions()
         } else {
             self.outer.in_this_task()
