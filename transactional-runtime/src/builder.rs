@@ -168,15 +168,6 @@ impl Transactional {
     {
         Scope::new(self.options, None::<fn(&E) -> bool>, Box::pin(body)).describing(Some(describe))
     }
-
-    /// The scope of `testing::rollback_after`.
-    pub(crate) fn run_as_test_root<F, T, E>(self, body: F) -> impl Future<Output = Result<T, E>>
-    where
-        F: Future<Output = Result<T, E>>,
-        E: From<Error>,
-    {
-        Scope::new(self.options, None::<fn(&E) -> bool>, Box::pin(body)).test_root()
-    }
 }
 
 /// A [`Transactional`] that runs its body again when the database refuses its transaction for

@@ -61,6 +61,9 @@ struct Inner {
     scoped: Vec<Arc<DataSource>>,
     mode: Mode,
     capture: Option<Arc<HookSink>>,
+    /// The transaction of `testing::rollback_after`: a scope that would join it takes a
+    /// savepoint instead, as if it began a transaction of its own.
+    test_root: Option<Arc<Frame>>,
 }
 
 impl Context {
@@ -191,6 +194,14 @@ impl Context {
         self.inner.capture.as_ref()
     }
 
+    /// Whether `frame` is the transaction of `testing::rollback_after` (see [`as_test_root`]).
+    pub(crate) fn is_test_root(&self, frame: &Arc<Frame>) -> bool {
+        self.inner
+            .test_root
+            .as_ref()
+            .is_some_and(|root| Arc::ptr_eq(root, frame))
+    }
+
     /// Runs `f` with this context current (a scope does so for every poll of its body). A
     /// thread-local pointer swapped in and out: cheap, and a small stack frame, since every
     /// poll of a deep call chain passes through one of these per scope.
@@ -223,6 +234,15 @@ impl Context {
         let mut fut = pin!(fut);
         std::future::poll_fn(|cx| ctx.enter_here(|| fut.as_mut().poll(cx))).await
     }
+}
+
+/// Runs `fut` with the transaction current on `data_source` as the test's own, for
+/// `testing::rollback_after`: a scope inside `fut` that would join it (and would begin a
+/// transaction of its own in production) takes a savepoint of it instead.
+pub(crate) async fn as_test_root<F: Future>(data_source: &str, fut: F) -> F::Output {
+    let ctx = Context::current();
+    let root = ctx.frame(data_source).cloned();
+    ctx.derive(|inner| inner.test_root = root).scope(fut).await
 }
 
 /// Runs `fut` with `pool` registered as `name` for this task only, shadowing any global

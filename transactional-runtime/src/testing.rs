@@ -161,8 +161,8 @@ pub async fn rollback_after_on<F: Future>(
     Transactional::new()
         .name("transactional::testing::rollback_after")
         .data_source(name.clone())
-        .run_as_test_root(async {
-            let output = fut.await;
+        .run(async {
+            let output = crate::context::as_test_root(&name, fut).await;
             crate::api::data_source(&name).set_rollback_only();
             Ok(output)
         })

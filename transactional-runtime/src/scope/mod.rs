@@ -62,8 +62,6 @@ impl<T, E: From<Error>> ScopeResult for Result<T, E> {
 /// commit.
 pub struct Scope<B: Future, P> {
     options: TxOptions,
-    /// `testing::rollback_after`'s own scope.
-    test_root: bool,
     /// One attempt of a retried scope.
     attempt: Option<Attempt<B::Output>>,
     body: Option<B>,
@@ -141,7 +139,6 @@ where
     pub(crate) fn new(options: TxOptions, rule: Option<P>, body: B) -> Self {
         Scope {
             options,
-            test_root: false,
             attempt: None,
             body: Some(body),
             rule,
@@ -151,12 +148,6 @@ where
             panic: None,
             again: false,
         }
-    }
-
-    /// The scope of `testing::rollback_after`: scopes that would join it take a savepoint.
-    pub(crate) fn test_root(mut self) -> Self {
-        self.test_root = true;
-        self
     }
 
     /// Polls the body with the scope's context; `None` while it is pending.
@@ -265,7 +256,7 @@ where
     #[inline(never)]
     fn start(&mut self) -> Result<(), Error> {
         let attempt = self.attempt.as_ref().map(Attempt::state);
-        match Running::start(&self.options, self.test_root, attempt) {
+        match Running::start(&self.options, attempt) {
             Ok(running) => {
                 self.stage = Stage::Body(running);
                 Ok(())

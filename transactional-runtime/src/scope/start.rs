@@ -58,12 +58,30 @@ pub(super) enum What {
     Tx { frame: Arc<Frame>, suspended: bool },
 }
 
+impl What {
+    fn frame(&self) -> Option<&Arc<Frame>> {
+        match self {
+            What::Tx { frame, .. } => Some(frame),
+            _ => None,
+        }
+    }
+}
+
+/// What the start decided: what the scope does, and where.
+struct Decided {
+    what: What,
+    /// The data source the body's context binds, none when mocked.
+    data_source: Option<Arc<str>>,
+    /// The scope's own deadline.
+    own_deadline: Option<Instant>,
+    suspension: Option<Counted>,
+}
+
 impl Running {
     /// Decides, and builds the body's context. Fails (without running the body) on invalid
     /// options, an unknown data source, MANDATORY without and NEVER with a transaction.
     pub(crate) fn start(
         options: &TxOptions,
-        test_root: bool,
         attempt: Option<AttemptState>,
     ) -> Result<Running, Error> {
         let started = Instant::now();
@@ -71,177 +89,30 @@ impl Running {
         if let Some(attempt) = &attempt {
             span.record("attempt", attempt.number);
         }
-        Running::decide(options, test_root, attempt, &span, started).inspect_err(|error| {
-            tracing::warn!(target: trace::TARGET, parent: &span, %error, "the scope did not start");
-        })
-    }
-
-    fn decide(
-        options: &TxOptions,
-        test_root: bool,
-        attempt: Option<AttemptState>,
-        span: &Span,
-        started: Instant,
-    ) -> Result<Running, Error> {
-        options.validate()?;
         let outer = Context::current();
-        if let Mode::Mocked(_) = outer.mode() {
-            span.record("action", tracing::field::display("mocked"));
-            return Ok(Running {
-                options: options.clone(),
-                body_ctx: outer.clone(),
-                outer,
-                what: What::Mocked,
-                deadline: None,
-                span: span.clone(),
-                started,
-                detail: None,
-                failure: None,
-                attempt,
-                _suspension: None,
-            });
-        }
-        let data_source = outer.data_source(&options.data_source)?;
-        let own_deadline = options
-            .timeout
-            .and_then(|timeout| Instant::now().checked_add(timeout));
-        let deadline = match (outer.deadline(), own_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let decided = decide_scope(options, &outer, attempt.is_some(), &span).inspect_err(|error| {
+            tracing::warn!(target: trace::TARGET, parent: &span, %error, "the scope did not start");
+        })?;
+        let body_ctx = match &decided.data_source {
+            Some(name) => {
+                outer.for_scope(name, decided.what.frame().cloned(), decided.own_deadline)
+            }
+            None => outer.clone(),
         };
-        let current = outer.frame(&options.data_source).cloned();
-        let mut decision = decide(options.propagation, current.is_some());
-        let stands_for_commit =
-            decision == Decision::Join && current.as_ref().is_some_and(|f| f.test_root);
-        if stands_for_commit {
-            // Inside `testing::rollback_after`, a scope that would begin a transaction of its
-            // own in production gets a savepoint, so its failure undoes only its own work.
-            decision = Decision::Nest;
-        }
-        // Under `testing::rollback_after`, a scope that would begin its own transaction in
-        // production is retried as it would be there, each attempt a savepoint.
-        if attempt.is_some() && decision != Decision::Begin && !stands_for_commit {
-            return Err(Error::InvalidOptions {
-                scope: options.name.clone(),
-                reason: "`retry` runs the scope again, which only a scope that begins its own \
-                         transaction can do: this one would join or nest in its caller's \
-                         (a `web::TransactionLayer` request's, say), and running it again would \
-                         repeat part of the caller's work; retry where the transaction begins \
-                         (the outermost scope, or the layer: `TransactionLayer::retry`), or give \
-                         this scope REQUIRES_NEW"
-                    .to_owned(),
-            });
-        }
-        let suspends = matches!(decision, Decision::Begin | Decision::RunWithout);
-        let suspension = current
-            .as_ref()
-            .filter(|current| suspends && current.tx().holds_connection())
-            .map(|_| Counted::suspended(&data_source.usage));
-        let emit = |kind| data_source.emit(options, span, kind);
-        let what = match (decision, current) {
-            (Decision::Refuse, _) => {
-                emit(EventKind::Refused);
-                return Err(Error::propagation_refused(
-                    options.propagation,
-                    &options.data_source,
-                    options.name.clone(),
-                ));
-            }
-            (Decision::RunWithout, current) => {
-                if current.is_some() {
-                    emit(EventKind::Suspended);
-                }
-                emit(EventKind::RanWithout);
-                What::Without {
-                    data_source: data_source.clone(),
-                    suspended: current.is_some(),
-                }
-            }
-            (Decision::Begin, current) => {
-                if current.is_some() {
-                    emit(EventKind::Suspended);
-                }
-                emit(EventKind::Began);
-                let tx = Transaction::new(data_source.clone(), options.clone(), current.is_some());
-                let tx = Arc::new(tx);
-                let level = Arc::new(Level::root(tx));
-                let mut frame = Frame::new(level, Role::Owner, options.clone(), None, deadline);
-                frame.test_root = test_root;
-                What::Tx {
-                    frame: Arc::new(frame),
-                    suspended: current.is_some(),
-                }
-            }
-            (Decision::Join, Some(current)) => {
-                check_join(options, &data_source, current.tx(), span)?;
-                emit(EventKind::Joined);
-                let level = current.level.clone();
-                let frame = Frame::new(
-                    level,
-                    Role::Participant,
-                    options.clone(),
-                    Some(current),
-                    deadline,
-                );
-                What::Tx {
-                    frame: Arc::new(frame),
-                    suspended: false,
-                }
-            }
-            (Decision::Nest, Some(current)) => {
-                if current.level.is_rollback_only() {
-                    return Err(Error::RollbackOnlySavepoint {
-                        scope: options.name.clone(),
-                    });
-                }
-                let level = Arc::new(Level::savepoint(current.level.clone()));
-                emit(EventKind::Nested {
-                    savepoint: level.savepoint.clone().unwrap_or_default(),
-                });
-                let mut frame = Frame::new(
-                    level,
-                    Role::Savepoint,
-                    options.clone(),
-                    Some(current),
-                    deadline,
-                );
-                frame.stands_for_commit = stands_for_commit;
-                What::Tx {
-                    frame: Arc::new(frame),
-                    suspended: false,
-                }
-            }
-            (Decision::Join | Decision::Nest, None) => {
-                unreachable!("decide() joins or nests only an existing transaction")
-            }
-        };
-        let frame = match &what {
-            What::Tx { frame, .. } => Some(frame.clone()),
-            _ => None,
-        };
-        if let Some(frame) = &frame {
-            trace::record_tx(span, frame.tx().id);
-        }
-        if let Some(frame) = frame
-            .as_ref()
-            .filter(|_| data_source.source.begins_eagerly())
-        {
-            // The recording mock answers at once; a lease is given straight back.
-            let _ = frame.tx().lend(frame).now_or_never();
-        }
-        let body_ctx = outer.for_scope(&data_source.name, frame, own_deadline);
         Ok(Running {
             options: options.clone(),
             outer,
             body_ctx,
-            what,
-            deadline: own_deadline.map(|at| (at, Box::pin(tokio::time::sleep_until(at)))),
-            span: span.clone(),
+            what: decided.what,
+            deadline: decided
+                .own_deadline
+                .map(|at| (at, Box::pin(tokio::time::sleep_until(at)))),
+            span,
             started,
             detail: None,
             failure: None,
             attempt,
-            _suspension: suspension,
+            _suspension: decided.suspension,
         })
     }
 
@@ -256,10 +127,7 @@ impl Running {
     }
 
     pub(super) fn frame(&self) -> Option<&Arc<Frame>> {
-        match &self.what {
-            What::Tx { frame, .. } => Some(frame),
-            _ => None,
-        }
+        self.what.frame()
     }
 
     /// Stops a statement of this scope that may be running, before its body is dropped: at
@@ -307,4 +175,205 @@ fn check_join(
     }
     tracing::warn!(target: trace::TARGET, parent: span, %reason, "joining a transaction whose options differ; the transaction's own options apply");
     Ok(())
+}
+
+/// What the scope does, in three steps: where it runs ([`Place`]: the data source, its
+/// deadline, the transaction current there), what propagation makes of that ([`Choice`]), and
+/// the frame it gets ([`Place::build`]).
+fn decide_scope(
+    options: &TxOptions,
+    outer: &Context,
+    retried: bool,
+    span: &Span,
+) -> Result<Decided, Error> {
+    options.validate()?;
+    if let Mode::Mocked(_) = outer.mode() {
+        span.record("action", tracing::field::display("mocked"));
+        return Ok(Decided {
+            what: What::Mocked,
+            data_source: None,
+            own_deadline: None,
+            suspension: None,
+        });
+    }
+    let place = Place::resolve(outer, options)?;
+    let choice = Choice::of(options, outer, &place, retried)?;
+    let suspension = place.suspension(choice.decision);
+    let what = place.build(options, choice, span)?;
+    if let Some(frame) = what.frame() {
+        trace::record_tx(span, frame.tx().id);
+        if place.data_source.source.begins_eagerly() {
+            // The recording mock answers at once; a lease is given straight back.
+            let _ = frame.tx().lend(frame).now_or_never();
+        }
+    }
+    Ok(Decided {
+        what,
+        data_source: Some(place.data_source.name.clone()),
+        own_deadline: place.own_deadline,
+        suspension,
+    })
+}
+
+/// Where a scope runs: its data source, its deadlines, and the transaction current there.
+struct Place {
+    data_source: Arc<DataSource>,
+    /// The scope's own deadline.
+    own_deadline: Option<Instant>,
+    /// The earliest of its own and those of the scopes around it.
+    deadline: Option<Instant>,
+    current: Option<Arc<Frame>>,
+}
+
+/// What propagation makes of a [`Place`].
+#[derive(Clone, Copy)]
+struct Choice {
+    decision: Decision,
+    /// Under `testing::rollback_after`: a savepoint in place of the transaction the scope
+    /// would begin in production.
+    stands_for_commit: bool,
+}
+
+impl Place {
+    fn resolve(outer: &Context, options: &TxOptions) -> Result<Place, Error> {
+        let data_source = outer.data_source(&options.data_source)?;
+        let own_deadline = options
+            .timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        let deadline = match (outer.deadline(), own_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(Place {
+            data_source,
+            own_deadline,
+            deadline,
+            current: outer.frame(&options.data_source).cloned(),
+        })
+    }
+
+    /// Counts the transaction a scope that begins its own (or runs without one) suspends,
+    /// while it holds a connection (see `status::acquire_hint`).
+    fn suspension(&self, decision: Decision) -> Option<Counted> {
+        let suspends = matches!(decision, Decision::Begin | Decision::RunWithout);
+        self.current
+            .as_ref()
+            .filter(|current| suspends && current.tx().holds_connection())
+            .map(|_| Counted::suspended(&self.data_source.usage))
+    }
+
+    /// The frame the scope gets (none where it runs without a transaction), with the events
+    /// that say what it does.
+    fn build(&self, options: &TxOptions, choice: Choice, span: &Span) -> Result<What, Error> {
+        let emit = |kind| self.data_source.emit(options, span, kind);
+        let suspended = self.current.is_some();
+        let tx = |frame: Frame| What::Tx {
+            frame: Arc::new(frame),
+            suspended: false,
+        };
+        match (choice.decision, self.current.clone()) {
+            (Decision::Refuse, _) => {
+                emit(EventKind::Refused);
+                Err(Error::propagation_refused(
+                    options.propagation,
+                    &options.data_source,
+                    options.name.clone(),
+                ))
+            }
+            (Decision::RunWithout, _) => {
+                if suspended {
+                    emit(EventKind::Suspended);
+                }
+                emit(EventKind::RanWithout);
+                Ok(What::Without {
+                    data_source: self.data_source.clone(),
+                    suspended,
+                })
+            }
+            (Decision::Begin, _) => {
+                if suspended {
+                    emit(EventKind::Suspended);
+                }
+                emit(EventKind::Began);
+                let tx = Transaction::new(self.data_source.clone(), options.clone(), suspended);
+                let level = Arc::new(Level::root(Arc::new(tx)));
+                let frame = Frame::new(level, Role::Owner, options.clone(), None, self.deadline);
+                Ok(What::Tx {
+                    frame: Arc::new(frame),
+                    suspended,
+                })
+            }
+            (Decision::Join, Some(current)) => {
+                check_join(options, &self.data_source, current.tx(), span)?;
+                emit(EventKind::Joined);
+                let level = current.level.clone();
+                let role = Role::Participant;
+                Ok(tx(Frame::new(
+                    level,
+                    role,
+                    options.clone(),
+                    Some(current),
+                    self.deadline,
+                )))
+            }
+            (Decision::Nest, Some(current)) => {
+                if current.level.is_rollback_only() {
+                    return Err(Error::RollbackOnlySavepoint {
+                        scope: options.name.clone(),
+                    });
+                }
+                let level = Arc::new(Level::savepoint(current.level.clone()));
+                emit(EventKind::Nested {
+                    savepoint: level.savepoint.clone().unwrap_or_default(),
+                });
+                let role = Role::Savepoint;
+                let mut frame =
+                    Frame::new(level, role, options.clone(), Some(current), self.deadline);
+                frame.stands_for_commit = choice.stands_for_commit;
+                Ok(tx(frame))
+            }
+            (Decision::Join | Decision::Nest, None) => {
+                unreachable!("decide() joins or nests only an existing transaction")
+            }
+        }
+    }
+}
+
+impl Choice {
+    fn of(
+        options: &TxOptions,
+        outer: &Context,
+        place: &Place,
+        retried: bool,
+    ) -> Result<Choice, Error> {
+        let mut decision = decide(options.propagation, place.current.is_some());
+        let stands_for_commit = decision == Decision::Join
+            && place
+                .current
+                .as_ref()
+                .is_some_and(|f| outer.is_test_root(f));
+        if stands_for_commit {
+            // Inside `testing::rollback_after`, a scope that would begin a transaction of its
+            // own in production gets a savepoint, so its failure undoes only its own work.
+            decision = Decision::Nest;
+        }
+        // Under `testing::rollback_after`, a scope that would begin its own transaction in
+        // production is retried as it would be there, each attempt a savepoint.
+        if retried && decision != Decision::Begin && !stands_for_commit {
+            return Err(Error::InvalidOptions {
+                scope: options.name.clone(),
+                reason: "`retry` runs the scope again, which only a scope that begins its own \
+                         transaction can do: this one would join or nest in its caller's \
+                         (a `web::TransactionLayer` request's, say), and running it again would \
+                         repeat part of the caller's work; retry where the transaction begins \
+                         (the outermost scope, or the layer: `TransactionLayer::retry`), or give \
+                         this scope REQUIRES_NEW"
+                    .to_owned(),
+            });
+        }
+        Ok(Choice {
+            decision,
+            stands_for_commit,
+        })
+    }
 }

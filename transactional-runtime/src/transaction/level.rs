@@ -105,9 +105,6 @@ pub(crate) struct Frame {
     pub(crate) parent: Option<Arc<Frame>>,
     /// The scope's deadline, if it has one.
     pub(crate) deadline: Option<Instant>,
-    /// The frame of `testing::rollback_after`: a scope that would join it takes a savepoint
-    /// instead, as if it began a transaction of its own.
-    pub(crate) test_root: bool,
     /// A savepoint of `testing::rollback_after` standing in for a transaction the scope would
     /// begin in production: its release is where production would commit.
     pub(crate) stands_for_commit: bool,
@@ -128,7 +125,6 @@ impl Frame {
             options,
             parent,
             deadline,
-            test_root: false,
             stands_for_commit: false,
             local_rollback_only: AtomicBool::new(false),
         }
