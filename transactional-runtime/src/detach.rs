@@ -58,6 +58,27 @@ impl<T: Send + 'static> Drop for Detachable<T> {
     }
 }
 
+/// Whether the caller of a scope's end has gone (its future dropped, or its deadline's cutoff
+/// answered it): read right before COMMIT or RELEASE is sent, so that an end nobody waits for
+/// any more does not commit what was not yet sent.
+#[derive(Debug, Default)]
+pub(crate) struct Detached(std::sync::atomic::AtomicBool);
+
+impl Detached {
+    /// An end that no caller awaits from the start (a scope dropped while its body ran).
+    pub(crate) fn already() -> Detached {
+        Detached(std::sync::atomic::AtomicBool::new(true))
+    }
+
+    pub(crate) fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,26 +106,5 @@ mod tests {
             done.load(Ordering::SeqCst),
             "the work went on after its waiter was dropped"
         );
-    }
-}
-
-/// Whether the caller of a scope's end has gone (its future dropped, or its deadline's cutoff
-/// answered it): read right before COMMIT or RELEASE is sent, so that an end nobody waits for
-/// any more does not commit what was not yet sent.
-#[derive(Debug, Default)]
-pub(crate) struct Detached(std::sync::atomic::AtomicBool);
-
-impl Detached {
-    /// An end that no caller awaits from the start (a scope dropped while its body ran).
-    pub(crate) fn already() -> Detached {
-        Detached(std::sync::atomic::AtomicBool::new(true))
-    }
-
-    pub(crate) fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    pub(crate) fn is_set(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 }

@@ -94,10 +94,28 @@ pub(crate) fn event(
     savepoint_cause: Option<RollbackCause>,
     detail: Option<&str>,
 ) {
+    use EventKind::*;
+    match kind {
+        Began | Joined | Nested { .. } | Suspended | Resumed | RanWithout | Refused => {
+            started(span, kind)
+        }
+        Committed
+        | RolledBack { .. }
+        | RolledBackToSavepoint { .. }
+        | CommitFailed
+        | SavepointReleased { .. }
+        | HookRegistered { .. }
+        | HookRan { .. } => ended(span, kind, savepoint_cause, detail),
+    }
+}
+
+/// What a scope's start did.
+fn started(span: &Span, kind: &EventKind) {
     match kind {
         EventKind::Began => {
             span.record("action", display("began"));
-            tracing::debug!(target: TARGET, parent: span, "began a transaction");
+            // Nothing is sent yet: BEGIN goes with the transaction's first statement.
+            tracing::debug!(target: TARGET, parent: span, "new transaction (BEGIN with its first statement)");
         }
         EventKind::Joined => {
             span.record("action", display("joined"));
@@ -124,6 +142,18 @@ pub(crate) fn event(
             span.record("outcome", display("refused"));
             tracing::debug!(target: TARGET, parent: span, "refused to run");
         }
+        _ => unreachable!("`event` passes only a start's events"),
+    }
+}
+
+/// What a scope's end (or a hook) did.
+fn ended(
+    span: &Span,
+    kind: &EventKind,
+    savepoint_cause: Option<RollbackCause>,
+    detail: Option<&str>,
+) {
+    match kind {
         EventKind::Committed => {
             span.record("outcome", display("committed"));
             tracing::debug!(target: TARGET, parent: span, "committed");
@@ -155,6 +185,7 @@ pub(crate) fn event(
         EventKind::HookRan { hook } => {
             tracing::trace!(target: TARGET, parent: span, hook, "hook ran");
         }
+        _ => unreachable!("`event` passes a start's events to `started`"),
     }
 }
 
@@ -174,10 +205,6 @@ fn rolled_back(span: &Span, cause: RollbackCause, detail: Option<&str>, savepoin
     } else {
         "rolled back"
     };
-    let (sep, text) = match detail {
-        Some(detail) => (": ", detail),
-        None => ("", ""),
-    };
     macro_rules! log {
         ($level:expr) => {
             tracing::event!(
@@ -186,7 +213,7 @@ fn rolled_back(span: &Span, cause: RollbackCause, detail: Option<&str>, savepoin
                 $level,
                 cause = label,
                 error = detail,
-                "{what}: {cause}{sep}{text}"
+                "{what}: {cause}"
             )
         };
     }

@@ -396,7 +396,7 @@ where
             "the request body is larger than this service replays",
         ),
         Err(error) => {
-            tracing::warn!(target: "transactional", %error, "could not read a request body");
+            tracing::warn!(target: crate::trace::TARGET, %error, "could not read a request body");
             Replayable::Unread(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read",
@@ -427,9 +427,9 @@ fn answer(error: &Error) -> (StatusCode, &'static str) {
         (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     };
     if status.is_server_error() {
-        tracing::error!(target: "transactional", %error, status = status.as_u16(), "answering with an error");
+        tracing::error!(target: crate::trace::TARGET, %error, status = status.as_u16(), "answering with an error");
     } else {
-        tracing::warn!(target: "transactional", %error, status = status.as_u16(), "answering with an error");
+        tracing::warn!(target: crate::trace::TARGET, %error, status = status.as_u16(), "answering with an error");
     }
     (status, message)
 }

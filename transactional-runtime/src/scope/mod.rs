@@ -173,8 +173,7 @@ where
                     None => Exit::Ok,
                     Some(error) => {
                         if let Some(describe) = self.describe {
-                            let text =
-                                tracing::enabled!(target: "transactional", tracing::Level::DEBUG);
+                            let text = tracing::enabled!(target: crate::trace::TARGET, tracing::Level::DEBUG);
                             if let Some(facts) = describe(&output, text) {
                                 running.detail = facts.text;
                                 running.failure = facts.database;

@@ -295,13 +295,7 @@ impl Place {
                     emit(EventKind::Suspended);
                 }
                 emit(EventKind::Began);
-                let tx = Transaction::new(self.data_source.clone(), options.clone(), suspended);
-                let level = Arc::new(Level::root(Arc::new(tx)));
-                let frame = Frame::new(level, Role::Owner, options.clone(), None, self.deadline);
-                Ok(What::Tx {
-                    frame: Arc::new(frame),
-                    suspended,
-                })
+                Ok(self.begin(options))
             }
             (Decision::Join, Some(current)) => {
                 check_join(options, &self.data_source, current.tx(), span)?;
@@ -322,20 +316,39 @@ impl Place {
                         scope: options.name.clone(),
                     });
                 }
-                let level = Arc::new(Level::savepoint(current.level.clone()));
+                let frame = self.nest(options, current, choice.stands_for_commit);
                 emit(EventKind::Nested {
-                    savepoint: level.savepoint.clone().unwrap_or_default(),
+                    savepoint: frame.level.savepoint.clone().unwrap_or_default(),
                 });
-                let role = Role::Savepoint;
-                let mut frame =
-                    Frame::new(level, role, options.clone(), Some(current), self.deadline);
-                frame.stands_for_commit = choice.stands_for_commit;
                 Ok(tx(frame))
             }
             (Decision::Join | Decision::Nest, None) => {
                 unreachable!("decide() joins or nests only an existing transaction")
             }
         }
+    }
+}
+
+impl Place {
+    /// A transaction of the scope's own.
+    fn begin(&self, options: &TxOptions) -> What {
+        let suspended = self.current.is_some();
+        let tx = Transaction::new(self.data_source.clone(), options.clone(), suspended);
+        let level = Arc::new(Level::root(Arc::new(tx)));
+        let frame = Frame::new(level, Role::Owner, options.clone(), None, self.deadline);
+        What::Tx {
+            frame: Arc::new(frame),
+            suspended,
+        }
+    }
+
+    /// A savepoint of `current`'s transaction.
+    fn nest(&self, options: &TxOptions, current: Arc<Frame>, stands_for_commit: bool) -> Frame {
+        let level = Arc::new(Level::savepoint(current.level.clone()));
+        let role = Role::Savepoint;
+        let mut frame = Frame::new(level, role, options.clone(), Some(current), self.deadline);
+        frame.stands_for_commit = stands_for_commit;
+        frame
     }
 }
 

@@ -111,22 +111,7 @@ impl Transaction {
         let Some(opened) = eligible(&st.savepoints, &chain) else {
             return Ok(Turn::Wait);
         };
-        let timed = frame.deadline.is_some();
-        let nests = chain.len() > opened;
-        let dialect = self.dialect();
-        let mut plan = Prepare {
-            begin: !st.life.is_open(),
-            settle: st.owed != Owed::Nothing,
-            // To cancel a statement at a deadline, or one of a NESTED scope that is dropped.
-            session: (timed || nests) && st.session.is_none() && dialect.session_id().is_some(),
-            arm: timed && st.interrupt == Interrupt::Unarmed && dialect == Dialect::Sqlite,
-            cleanup: first_abandoned(&st.savepoints),
-            open: Vec::new(),
-        };
-        for level in &chain[opened..] {
-            let name = level.savepoint.clone().unwrap_or_default();
-            plan.open.push((Arc::downgrade(level), level.id, name));
-        }
+        let plan = self.plan(&st, frame, &chain[opened..]);
         let conn = match std::mem::replace(&mut st.slot, Slot::Busy) {
             Slot::Idle(conn) => Some(conn),
             _ => {
@@ -134,19 +119,35 @@ impl Transaction {
                 None
             }
         };
-        let needs_work = plan.begin
-            || plan.settle
-            || plan.session
-            || plan.arm
-            || plan.cleanup.is_some()
-            || !plan.open.is_empty();
-        if !needs_work {
+        if plan.is_empty() {
             if let Some(conn) = conn {
                 st.slot = Slot::Lent(frame.clone());
                 return Ok(Turn::Lent(self.lease(conn, frame)));
             }
         }
         Ok(Turn::Prepare(conn, plan))
+    }
+
+    /// What to send before lending to `frame`, whose savepoints `to_open` are not open yet.
+    fn plan(&self, st: &State, frame: &Frame, to_open: &[Arc<Level>]) -> Prepare {
+        let timed = frame.deadline.is_some();
+        let nests = !to_open.is_empty();
+        let dialect = self.dialect();
+        Prepare {
+            begin: !st.life.is_open(),
+            settle: st.owed != Owed::Nothing,
+            // To cancel a statement at a deadline, or one of a NESTED scope that is dropped.
+            session: (timed || nests) && st.session.is_none() && dialect.session_id().is_some(),
+            arm: timed && st.interrupt == Interrupt::Unarmed && dialect == Dialect::Sqlite,
+            cleanup: first_abandoned(&st.savepoints),
+            open: to_open
+                .iter()
+                .map(|level| {
+                    let name = level.savepoint.clone().unwrap_or_default();
+                    (Arc::downgrade(level), level.id, name)
+                })
+                .collect(),
+        }
     }
 
     fn lease(self: &Arc<Self>, conn: Conn, holder: &Arc<Frame>) -> Lease {
@@ -164,88 +165,17 @@ impl Transaction {
         conn: Option<Conn>,
         plan: Prepare,
     ) -> Result<Prepared, Error> {
-        let ds = &self.data_source;
-        let dialect = ds.dialect;
         let mut conn = match conn {
             Some(conn) => conn,
-            None => match counted_wait(&ds.usage, ds.source.acquire()).await {
-                (Ok(mut conn), _) => {
-                    conn.count_as(Counted::transaction(&ds.usage));
-                    let mut st = self.lock();
-                    if self.is_ended() {
-                        // The transaction ended while this waited (its body gave up on the
-                        // connection): nothing was sent, and the connection, clean, goes
-                        // back to the pool as it is dropped.
-                        st.slot = Slot::Empty;
-                        drop(st);
-                        self.changed.notify_waiters();
-                        return Err(Error::TransactionFinished);
-                    }
-                    st.slot = Slot::Busy;
-                    conn
-                }
-                (Err(source), starved) => {
-                    self.give_back(None);
-                    let exhausted = matches!(source, sqlx::Error::PoolTimedOut);
-                    return Err(Error::Acquire {
-                        data_source: ds.name.to_string(),
-                        hint: acquire_hint(starved, self.suspends, exhausted),
-                        source,
-                    });
-                }
-            },
+            None => self.acquire_first().await?,
         };
-        let session = plan.session && conn.reads_ints();
-        let session_query = session.then(|| dialect.session_id()).flatten();
-        // Everything sent before lending rides in as few round trips as it can: BEGIN with the
-        // savepoints to open and the session id; otherwise the savepoints with the session id.
-        let opens: Vec<String> = plan
-            .open
-            .iter()
-            .map(|(_, _, name)| dialect.savepoint(name))
-            .collect();
-        let batch = |first: Option<&str>| -> String {
-            first
-                .into_iter()
-                .map(str::to_owned)
-                .chain(opens.iter().cloned())
-                .chain(session_query.map(str::to_owned))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        let mut opened = false;
+        let batch = Batch::new(self.dialect(), &plan, plan.session && conn.reads_ints());
         if plan.begin {
-            let begin = dialect.begin(
-                self.options.isolation,
-                self.options.read_only,
-                ds.settings.sqlite_begin_immediate,
-            );
-            let sql = batch(Some(&begin.sql));
-            conn.set_clean(false);
-            let begun = match session_query {
-                Some(_) => conn.query_int(&sql).await,
-                None => conn.run(&sql).await.map(|()| None),
-            };
-            match begun {
-                Ok(session) => {
-                    let mut st = self.lock();
-                    st.life = Life::Begun;
-                    st.reset = begin.reset;
-                    if session_query.is_some() {
-                        st.session = session;
-                    }
-                    push_opened(&mut st, &plan.open);
-                    opened = true;
-                }
-                Err(source) => {
-                    // Its state is unknown: `conn` is closed as it is dropped.
-                    drop(conn);
-                    self.give_back(None);
-                    return Err(Error::Begin {
-                        data_source: ds.name.to_string(),
-                        source,
-                    });
-                }
+            if let Err(error) = self.send_begin(&mut conn, &batch, &plan).await {
+                // Its state is unknown: `conn` is closed as it is dropped.
+                drop(conn);
+                self.give_back(None);
+                return Err(error);
             }
         }
         if plan.settle {
@@ -253,27 +183,11 @@ impl Transaction {
                 return Err(self.fail(conn, error));
             }
         }
-        // SQLite's hooks watch every transaction from its BEGIN; its progress handler is
-        // armed for a deadline. Both in one visit to the connection's worker.
-        let watch = (plan.begin && dialect == Dialect::Sqlite).then(|| Arc::new(Watch::default()));
-        if plan.arm || watch.is_some() {
-            let interrupt = plan.arm.then(|| self.interrupt.clone());
-            match conn.get_mut().arm(watch.clone(), interrupt).await {
-                Ok(armed) => {
-                    let mut st = self.lock();
-                    if armed.interrupting {
-                        st.interrupt = Interrupt::Armed;
-                    }
-                    if let (true, Some(watch)) = (armed.watching, watch) {
-                        conn.watched_by(watch.clone());
-                        st.watch = Some(watch);
-                    }
-                }
-                Err(source) => return Err(self.fail(conn, self.statement_error(source))),
-            }
+        if let Err(error) = self.arm(&mut conn, &plan).await {
+            return Err(self.fail(conn, error));
         }
-        if let Some((at, name)) = plan.cleanup {
-            match self.roll_back_to(&mut conn, at, &name).await {
+        if let Some((at, name)) = &plan.cleanup {
+            match self.roll_back_to(&mut conn, *at, name).await {
                 Ok(()) => {}
                 Err(SavepointFailure::Gone(error)) => {
                     self.give_back(Some(conn));
@@ -282,35 +196,175 @@ impl Transaction {
                 Err(SavepointFailure::Broken(error)) => return Err(self.fail(conn, error)),
             }
         }
-        if !opened && (!opens.is_empty() || session_query.is_some()) {
-            let sql = batch(None);
-            let done = match session_query {
-                Some(_) => conn.query_int_control(&sql).await,
-                None => conn.run_control(&sql).await.map(|()| None),
-            };
-            match done {
-                Ok(session) => {
-                    let mut st = self.lock();
-                    if session_query.is_some() {
-                        st.session = session;
-                    }
-                    push_opened(&mut st, &plan.open);
-                }
-                Err(source) => {
-                    // The savepoints' state is unknown: the connection goes back as it is, and
-                    // the scope that asked gets the error.
-                    self.give_back(Some(conn));
-                    return Err(Error::Savepoint {
-                        data_source: ds.name.to_string(),
-                        source,
-                    });
-                }
+        if !plan.begin && batch.has_work() {
+            if let Err(error) = self.open_savepoints(&mut conn, &batch, &plan).await {
+                // The savepoints' state is unknown: the connection goes back as it is, and
+                // the scope that asked gets the error.
+                self.give_back(Some(conn));
+                return Err(error);
             }
         }
         Ok(Prepared {
             tx: self.clone(),
             conn: Some(conn),
         })
+    }
+
+    /// The transaction's first connection, from the pool.
+    async fn acquire_first(&self) -> Result<Conn, Error> {
+        let ds = &self.data_source;
+        match counted_wait(&ds.usage, ds.source.acquire()).await {
+            (Ok(mut conn), _) => {
+                conn.count_as(Counted::transaction(&ds.usage));
+                let mut st = self.lock();
+                if self.is_ended() {
+                    // The transaction ended while this waited (its body gave up on the
+                    // connection): nothing was sent, and the connection, clean, goes back to
+                    // the pool as it is dropped.
+                    st.slot = Slot::Empty;
+                    drop(st);
+                    self.changed.notify_waiters();
+                    return Err(Error::TransactionFinished);
+                }
+                st.slot = Slot::Busy;
+                Ok(conn)
+            }
+            (Err(source), starved) => {
+                self.give_back(None);
+                let exhausted = matches!(source, sqlx::Error::PoolTimedOut);
+                Err(Error::Acquire {
+                    data_source: ds.name.to_string(),
+                    hint: acquire_hint(starved, self.suspends, exhausted),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// BEGIN, in one round trip with the savepoints to open and the session id.
+    async fn send_begin(
+        &self,
+        conn: &mut Conn,
+        batch: &Batch,
+        plan: &Prepare,
+    ) -> Result<(), Error> {
+        let ds = &self.data_source;
+        let begin = ds.dialect.begin(
+            self.options.isolation,
+            self.options.read_only,
+            ds.settings.sqlite_begin_immediate,
+        );
+        let sql = batch.sql(Some(&begin.sql));
+        conn.set_clean(false);
+        let begun = match batch.session_query {
+            Some(_) => conn.query_int(&sql).await,
+            None => conn.run(&sql).await.map(|()| None),
+        };
+        let session = begun.map_err(|source| Error::Begin {
+            data_source: ds.name.to_string(),
+            source,
+        })?;
+        let mut st = self.lock();
+        st.life = Life::Begun;
+        st.reset = begin.reset;
+        if batch.session_query.is_some() {
+            st.session = session;
+        }
+        push_opened(&mut st, &plan.open);
+        Ok(())
+    }
+
+    /// SQLite's hooks watch every transaction from its BEGIN; its progress handler is armed for
+    /// a deadline. Both in one visit to the connection's worker.
+    async fn arm(&self, conn: &mut Conn, plan: &Prepare) -> Result<(), Error> {
+        let sqlite = self.dialect() == Dialect::Sqlite;
+        let watch = (plan.begin && sqlite).then(|| Arc::new(Watch::default()));
+        if !plan.arm && watch.is_none() {
+            return Ok(());
+        }
+        let interrupt = plan.arm.then(|| self.interrupt.clone());
+        let armed = conn
+            .get_mut()
+            .arm(watch.clone(), interrupt)
+            .await
+            .map_err(|source| self.statement_error(source))?;
+        let mut st = self.lock();
+        if armed.interrupting {
+            st.interrupt = Interrupt::Armed;
+        }
+        if let (true, Some(watch)) = (armed.watching, watch) {
+            conn.watched_by(watch.clone());
+            st.watch = Some(watch);
+        }
+        Ok(())
+    }
+
+    /// The savepoints to open (and the session id), in one round trip, when BEGIN did not
+    /// carry them.
+    async fn open_savepoints(
+        &self,
+        conn: &mut Conn,
+        batch: &Batch,
+        plan: &Prepare,
+    ) -> Result<(), Error> {
+        let sql = batch.sql(None);
+        let done = match batch.session_query {
+            Some(_) => conn.query_int_control(&sql).await,
+            None => conn.run_control(&sql).await.map(|()| None),
+        };
+        let session = done.map_err(|source| Error::Savepoint {
+            data_source: self.data_source.name.to_string(),
+            source,
+        })?;
+        let mut st = self.lock();
+        if batch.session_query.is_some() {
+            st.session = session;
+        }
+        push_opened(&mut st, &plan.open);
+        Ok(())
+    }
+}
+
+/// Everything sent before lending, in as few round trips as it can: BEGIN with the
+/// savepoints to open and the session id; otherwise the savepoints with the session id.
+struct Batch {
+    opens: Vec<String>,
+    session_query: Option<&'static str>,
+}
+
+impl Batch {
+    fn new(dialect: Dialect, plan: &Prepare, session: bool) -> Batch {
+        Batch {
+            opens: plan
+                .open
+                .iter()
+                .map(|(_, _, name)| dialect.savepoint(name))
+                .collect(),
+            session_query: session.then(|| dialect.session_id()).flatten(),
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.opens.is_empty() || self.session_query.is_some()
+    }
+
+    fn sql(&self, first: Option<&str>) -> String {
+        first
+            .into_iter()
+            .map(str::to_owned)
+            .chain(self.opens.iter().cloned())
+            .chain(self.session_query.map(str::to_owned))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl Prepare {
+    /// Nothing to send: the connection is lent as it is.
+    fn is_empty(&self) -> bool {
+        !(self.begin || self.settle || self.session || self.arm)
+            && self.cleanup.is_none()
+            && self.open.is_empty()
     }
 }
 

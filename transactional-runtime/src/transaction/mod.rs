@@ -213,15 +213,15 @@ impl Transaction {
             .filter(|_| cancelled)
             .and_then(|session| self.dialect().terminate(session));
         if let Some(sql) = terminate {
-            tracing::warn!(target: "transactional", "a cancelled statement is still running; ending its session");
+            tracing::warn!(target: crate::trace::TARGET, "a cancelled statement is still running; ending its session");
             let source = self.data_source.source.clone();
             match tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(target: "transactional", %error, "could not end the session of a cancelled statement")
+                    tracing::warn!(target: crate::trace::TARGET, %error, "could not end the session of a cancelled statement")
                 }
                 Err(_) => {
-                    tracing::warn!(target: "transactional", "ending the session of a cancelled statement took too long")
+                    tracing::warn!(target: crate::trace::TARGET, "ending the session of a cancelled statement took too long")
                 }
             }
         }
@@ -382,7 +382,7 @@ impl Transaction {
             if let Ok(Err(error)) =
                 tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await
             {
-                tracing::warn!(target: "transactional", %error, "could not cancel a running statement");
+                tracing::warn!(target: crate::trace::TARGET, %error, "could not cancel a running statement");
             }
             drop(landed);
         }))
