@@ -281,3 +281,65 @@ where
         .scope(fut)
         .await)
 }
+
+/// The thread-local pointer's `unsafe` under Miri (`cargo +nightly miri test -p
+/// transactional-runtime --lib context::`, a step of `.ci/run`): every pointer `current` reads
+/// is alive, counted, and restored on the way out, however `enter` is left.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &str) -> Context {
+        let name: Arc<str> = Arc::from(name);
+        Context::default().derive(|inner| inner.current = Some(name))
+    }
+
+    fn seen() -> String {
+        Context::current().current_data_source().to_owned()
+    }
+
+    #[test]
+    fn current_is_the_entered_context_and_the_previous_one_comes_back() {
+        let (outer, inner) = (named("outer"), named("inner"));
+        assert_eq!(seen(), DEFAULT_DATA_SOURCE);
+        outer.enter(|| {
+            assert_eq!(seen(), "outer");
+            inner.enter(|| assert_eq!(seen(), "inner"));
+            assert_eq!(seen(), "outer");
+        });
+        assert!(CURRENT.with(Cell::get).is_null());
+        assert_eq!(Arc::strong_count(&outer.inner), 1, "no count leaked");
+    }
+
+    #[test]
+    fn a_context_taken_inside_outlives_its_enter_and_its_owner() {
+        let outer = named("outer");
+        let taken = outer.enter(Context::current);
+        assert_eq!(Arc::strong_count(&outer.inner), 2);
+        drop(outer);
+        assert_eq!(taken.current_data_source(), "outer");
+        assert_eq!(Arc::strong_count(&taken.inner), 1);
+    }
+
+    #[test]
+    fn a_panic_inside_restores_the_previous_context() {
+        let (outer, inner) = (named("outer"), named("inner"));
+        outer.enter(|| {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                inner.enter(|| panic!("inside"))
+            }));
+            assert!(panicked.is_err());
+            assert_eq!(seen(), "outer");
+        });
+        assert!(CURRENT.with(Cell::get).is_null());
+    }
+
+    #[test]
+    fn another_thread_sees_no_context() {
+        let outer = named("outer");
+        outer.enter(|| {
+            let other = std::thread::spawn(seen).join().expect("no panic");
+            assert_eq!(other, DEFAULT_DATA_SOURCE);
+        });
+    }
+}

@@ -304,7 +304,7 @@ async fn run_logged(run: After, kind: &'static str, scope: &str) {
     match AssertUnwindSafe(run).catch_unwind().await {
         Ok(None) => {}
         Ok(Some(error)) => {
-            tracing::error!(target: crate::trace::TARGET, scope, hook = kind, %error, "transaction hook failed");
+            tracing::error!(target: crate::TARGET, scope, hook = kind, %error, "transaction hook failed");
         }
         Err(panic) => log_panic(&*panic, kind, scope),
     }
@@ -312,7 +312,7 @@ async fn run_logged(run: After, kind: &'static str, scope: &str) {
 
 fn log_panic(panic: &(dyn std::any::Any + Send), kind: &'static str, scope: &str) {
     let message = panic_message(panic);
-    tracing::error!(target: crate::trace::TARGET, scope, hook = kind, panic = %message, "transaction hook panicked");
+    tracing::error!(target: crate::TARGET, scope, hook = kind, panic = %message, "transaction hook panicked");
 }
 
 /// The message a panic was raised with.

@@ -17,6 +17,10 @@
 // Layered in the direction the data flows; a module imports only from its own group or those
 // above it (tests/module_graph.rs keeps it so; docs/ARCHITECTURE.md walks through it).
 
+/// The `tracing` target of every span and log line of the runtime (`trace::TARGET`; here, so
+/// that `hooks`, which `trace` imports, can log under it too).
+const TARGET: &str = "transactional";
+
 // What a scope asks for, and what can go wrong.
 mod error;
 mod inspect;

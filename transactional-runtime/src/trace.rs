@@ -13,8 +13,8 @@ use crate::events::EventKind;
 use crate::hooks::RollbackCause;
 use crate::options::TxOptions;
 
-/// The `tracing` target of everything the library logs.
-pub(crate) const TARGET: &str = "transactional";
+/// The `tracing` target of every span and log line of the runtime.
+pub(crate) use crate::TARGET;
 
 static NEXT_TX: AtomicU64 = AtomicU64::new(1);
 
