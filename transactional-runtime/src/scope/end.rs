@@ -73,9 +73,10 @@ pub(super) struct End {
 }
 
 impl Running {
-    /// The end of a scope whose body exited (or ran past its deadline, or panicked). `cancel`
-    /// stops a statement cut off at the deadline.
-    pub(super) fn end(self, exit: Exit, cancel: Option<BoxFuture<'static, ()>>) -> EndFuture {
+    /// The end of a scope whose body exited (or ran past its deadline, or panicked). A
+    /// statement cut off at the deadline is being cancelled (`Running::interrupt`): the
+    /// transaction's end, or the next user of its connection, waits for the cancel to land.
+    pub(super) fn end(self, exit: Exit) -> EndFuture {
         let timeout = (exit == Exit::Timeout).then(|| super::timeout_error(&self.options));
         let frame = match &self.what {
             What::Mocked => return EndFuture::ready(&self, timeout),
@@ -96,7 +97,12 @@ impl Running {
             frame.tx().note_failure(frame.level.id, failure.clone());
         }
         if frame.role == Role::Participant {
-            return self.joined_end(&frame, exit, cancel, timeout);
+            // A joined scope ends without a statement: its failure marks the transaction.
+            if exit.fails() {
+                frame.level.mark_rollback_only();
+            }
+            trace::joined_end(&self.span, exit.fails());
+            return EndFuture::ready(&self, timeout);
         }
         let phase = match exit {
             Exit::Timeout => Phase::RollingBackAfterTimeout,
@@ -105,37 +111,14 @@ impl Running {
         let end = End::new(&self, exit, EndPhase::new(phase), Arc::default());
         let (phase, detached) = (end.phase.clone(), end.detached.clone());
         let work: BoxFuture<'static, Report> = match frame.role {
-            Role::Savepoint => Box::pin(end.savepoint(cancel)),
-            _ => Box::pin(end.owner(cancel)),
+            Role::Savepoint => Box::pin(end.savepoint()),
+            _ => Box::pin(end.owner()),
         };
         EndFuture::Running(RunningEnd::new(work, phase, detached, &self))
     }
 
-    /// A joined scope ends without a statement: its failure marks the transaction.
-    fn joined_end(
-        &self,
-        frame: &Frame,
-        exit: Exit,
-        cancel: Option<BoxFuture<'static, ()>>,
-        timeout: Option<Error>,
-    ) -> EndFuture {
-        if exit.fails() {
-            frame.level.mark_rollback_only();
-        }
-        trace::joined_end(&self.span, exit.fails());
-        let Some(cancel) = cancel else {
-            return EndFuture::ready(self, timeout);
-        };
-        let work = async move {
-            cancel.await;
-            Report::error(timeout)
-        };
-        let phase = EndPhase::new(Phase::RollingBackAfterTimeout);
-        EndFuture::Running(RunningEnd::new(work, phase, Arc::default(), self))
-    }
-
     /// The scope's future was dropped while its body ran (the body is already dropped).
-    pub(super) fn abandon(self, cancel: Option<BoxFuture<'static, ()>>) {
+    pub(super) fn abandon(self) {
         trace::cancelled(&self.span);
         trace::record_elapsed(&self.span, self.started);
         let frame = match &self.what {
@@ -158,11 +141,6 @@ impl Running {
             }
             Role::Savepoint => {
                 frame.tx().abandon_savepoint(&frame.level);
-                if let Some(cancel) = cancel {
-                    // Its statement is cut short, so that the rollback to its savepoint, and
-                    // the work of the levels around it, need not wait for it.
-                    Detachable::new(cancel).detach();
-                }
                 frame.tx().data_source.emit_with(
                     &self.options,
                     &self.span,
@@ -179,7 +157,7 @@ impl Running {
                     End::new(&self, Exit::Cancelled, phase, Arc::new(Detached::already()));
                 (end.deadline, end.detail, end.attempt) = (None, None, None);
                 let span = self.span.clone();
-                Detachable::new(end.owner(cancel).instrument(span)).detach();
+                Detachable::new(end.owner().instrument(span)).detach();
             }
         }
     }
@@ -232,10 +210,7 @@ impl End {
     }
 
     /// The end of a scope that began its transaction.
-    async fn owner(self, cancel: Option<BoxFuture<'static, ()>>) -> Report {
-        if let Some(cancel) = cancel {
-            cancel.await;
-        }
+    async fn owner(self) -> Report {
         let (verdict, panic) = match self.verdict() {
             Verdict::Commit => self.before_commit_verdict().await,
             rollback => (rollback, None),
@@ -349,16 +324,13 @@ impl End {
     }
 
     /// The end of a NESTED scope: RELEASE its savepoint, or roll back to it.
-    async fn savepoint(self, cancel: Option<BoxFuture<'static, ()>>) -> Report {
+    async fn savepoint(self) -> Report {
         let level = &self.frame.level;
         let mut verdict = self.verdict();
         if let Verdict::Rollback(..) = verdict {
             // Known before anything is awaited: the levels around it must not go on (or
             // commit) with this savepoint's work, even if this end is delayed.
             self.frame.tx().doom_savepoint(level);
-        }
-        if let Some(cancel) = cancel {
-            cancel.await;
         }
         if let Verdict::Commit = verdict {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {

@@ -44,11 +44,8 @@ impl End {
             Some(Ok(Err(error))) => Err(BeforeCommit::Failed(error)),
             Some(Err(payload)) => Err(BeforeCommit::Panicked(payload)),
             None => {
-                let cancel = self.frame.tx().interrupt(&self.frame);
+                self.frame.tx().interrupt(&self.frame);
                 drop(hooks);
-                if let Some(cancel) = cancel {
-                    cancel.await;
-                }
                 Err(BeforeCommit::TimedOut)
             }
         }

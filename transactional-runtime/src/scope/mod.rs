@@ -274,14 +274,13 @@ where
             unreachable!("the body ends in the body stage")
         };
         // Stop a statement cut off by the deadline before its guard is dropped.
-        let cancel = match ended {
-            Exit::Timeout => running.interrupt(true),
-            _ => None,
-        };
+        if ended == Exit::Timeout {
+            running.interrupt(true);
+        }
         // Dropped in its own context, as it ran: a `Drop` in the body sees its scope.
         let body = &mut self.body;
         running.body_ctx.enter(|| *body = None);
-        self.stage = Stage::End(running.end(ended, cancel));
+        self.stage = Stage::End(running.end(ended));
     }
 
     #[inline(never)]
@@ -307,14 +306,14 @@ impl<B: Future, P> Drop for Scope<B, P> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Body(running) => {
-                let cancel = running.interrupt(false);
+                running.interrupt(false);
                 // Scopes inside the body hand their work off first: innermost first. Dropped
                 // in its own context, as it ran.
                 let body = &mut self.body;
                 running
                     .span
                     .in_scope(|| running.body_ctx.enter(|| *body = None));
-                running.abandon(cancel);
+                running.abandon();
             }
             // Finishes on a task of its own.
             Stage::End(end) => drop(end),

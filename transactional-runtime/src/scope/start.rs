@@ -5,7 +5,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::time::{Instant, Sleep};
 use tracing::Span;
@@ -133,14 +132,16 @@ impl Running {
     /// Stops a statement of this scope that may be running, before its body is dropped: at
     /// its deadline, or (for a scope that began a transaction or a savepoint) when it is
     /// dropped.
-    pub(super) fn interrupt(&self, timed_out: bool) -> Option<BoxFuture<'static, ()>> {
-        let frame = self.frame()?;
+    pub(super) fn interrupt(&self, timed_out: bool) {
+        let Some(frame) = self.frame() else {
+            return;
+        };
         frame.tx().cut(frame);
         if !timed_out && frame.role == Role::Participant {
             // A joined scope dropped half-way: its statement finishes, the owner decides.
-            return None;
+            return;
         }
-        frame.tx().interrupt(frame)
+        frame.tx().interrupt(frame);
     }
 }
 

@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use cleanup::Cleanup;
 pub(crate) use close::{Intent, SavepointClosed, TxClosed};
@@ -359,33 +359,44 @@ impl Transaction {
     }
 
     /// A statement of `scope`'s may be running: stop it. SQLite's is stopped at once; for the
-    /// others, the returned future sends the cancel from another connection, and until it has
-    /// (or has given up), nothing else uses the connection.
-    pub(crate) fn interrupt(self: &Arc<Self>, scope: &Frame) -> Option<BoxFuture<'static, ()>> {
+    /// others, a task sends the cancel from another connection, and until it has (or has given
+    /// up), nothing else uses the connection: a lend waits, and so does the end of the
+    /// transaction or of a savepoint (see `when_settled`).
+    pub(crate) fn interrupt(self: &Arc<Self>, scope: &Frame) {
         let mut st = self.lock();
         let Slot::Lent(holder) = &st.slot else {
-            return None;
+            return;
         };
         if !holder.is_within(scope) {
-            return None;
+            return;
         }
         if st.interrupt == Interrupt::Armed {
             self.interrupt.store(true, Ordering::Release);
             st.owed = Owed::Interrupted;
-            return None;
+            return;
         }
-        let sql = self.dialect().cancel(st.session?)?;
+        let Some(sql) = st
+            .session
+            .and_then(|session| self.dialect().cancel(session))
+        else {
+            return;
+        };
         let source = self.data_source.source.clone();
         st.cancels.start();
+        drop(st);
+        // Counted until it lands, or is dropped unsent (no runtime to send it on).
         let landed = CancelLanded(self.clone());
-        Some(Box::pin(async move {
+        let send = async move {
             if let Ok(Err(error)) =
                 tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await
             {
                 tracing::warn!(target: crate::trace::TARGET, %error, "could not cancel a running statement");
             }
             drop(landed);
-        }))
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(send.instrument(tracing::Span::current()));
+        }
     }
 
     /// The scope of a NESTED `level` is rolling back (its body failed, or timed out): its
