@@ -14,14 +14,27 @@ use crate::status::PoolStatus;
 
 /// The current transaction of one data source, as seen from this task.
 ///
-/// ```no_run
-/// # async fn audit() -> Result<(), transactional_runtime::Error> {
-/// let mut conn = transactional_runtime::data_source("audit")
-///     .connection::<sqlx::Postgres>()
+/// ```
+/// use transactional_runtime::{data_source, Transactional};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// # sqlx::query("CREATE TABLE audit_log (what TEXT)").execute(&pool).await?;
+/// transactional_runtime::register("audit", pool.clone())?;
+/// Transactional::new()
+///     .data_source("audit")
+///     .run(async {
+///         assert!(data_source("audit").is_active());
+///         let mut conn = data_source("audit").connection::<sqlx::Sqlite>().await?;
+///         sqlx::query("INSERT INTO audit_log (what) VALUES ('login')")
+///             .execute(&mut *conn)
+///             .await?;
+///         Ok::<_, transactional_runtime::Error>(())
+///     })
 ///     .await?;
-/// sqlx::query("INSERT INTO audit_log (what) VALUES ('login')")
-///     .execute(&mut *conn)
-///     .await?;
+/// # let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log").fetch_one(&pool).await?;
+/// # assert_eq!(n, 1);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

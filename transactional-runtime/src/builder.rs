@@ -14,19 +14,27 @@ use crate::scope::{Classify, Scope};
 ///
 /// `#[transactional(...)]` expands to exactly this, so both have the same semantics.
 ///
-/// ```no_run
-/// use transactional_runtime::{Isolation, Propagation, Transactional};
-/// # #[derive(Debug)] struct AppError;
-/// # impl From<transactional_runtime::Error> for AppError { fn from(_: transactional_runtime::Error) -> Self { AppError } }
-/// # async fn example() -> Result<(), AppError> {
+/// ```
+/// use transactional_runtime::{connection, Isolation, Propagation, Transactional};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// # sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY)").execute(&pool).await?;
+/// # transactional_runtime::register_default(pool.clone())?;
 /// let id = Transactional::new()
 ///     .propagation(Propagation::RequiresNew)
 ///     .isolation(Isolation::Serializable)
 ///     .run(async {
-///         // queries through transactional::connection() run inside the transaction
-///         Ok::<_, AppError>(42)
+///         // queries through connection() run inside the transaction
+///         let mut conn = connection::<sqlx::Sqlite>().await?;
+///         let id: i64 = sqlx::query_scalar("INSERT INTO orders DEFAULT VALUES RETURNING id")
+///             .fetch_one(&mut *conn)
+///             .await?;
+///         Ok::<_, transactional_runtime::Error>(id)
 ///     })
 ///     .await?;
+/// assert_eq!(id, 1);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -138,16 +146,43 @@ impl Transactional {
     /// after-* hooks of an attempt that is followed by another are discarded; between
     /// attempts the scope waits a jittered pause that grows from about 10 ms to at most 1 s.
     ///
-    /// ```no_run
-    /// use transactional_runtime::{Isolation, Transactional};
-    /// # #[derive(Debug, thiserror::Error)] enum AppError { #[error(transparent)] Tx(#[from] transactional_runtime::Error) }
-    /// # async fn transfer(from: i64, to: i64) -> Result<(), AppError> { Ok(()) }
-    /// # async fn example() -> Result<(), AppError> {
+    /// ```
+    /// use transactional_runtime::{connection, Isolation, Transactional};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum AppError {
+    ///     #[error(transparent)]
+    ///     Tx(#[from] transactional_runtime::Error),
+    ///     #[error(transparent)]
+    ///     Db(#[from] sqlx::Error),
+    /// }
+    ///
+    /// async fn transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError> {
+    ///     let mut conn = connection::<sqlx::Sqlite>().await?;
+    ///     for (id, delta) in [(from, -amount), (to, amount)] {
+    ///         sqlx::query("UPDATE accounts SET balance = balance + ? WHERE id = ?")
+    ///             .bind(delta)
+    ///             .bind(id)
+    ///             .execute(&mut *conn)
+    ///             .await?;
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// # sqlx::query("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER)").execute(&pool).await?;
+    /// # sqlx::query("INSERT INTO accounts VALUES (1, 100), (2, 0)").execute(&pool).await?;
+    /// # transactional_runtime::register_default(pool.clone())?;
+    /// // Run again (up to 3 more times) while the database refuses it for a concurrent one.
     /// Transactional::new()
     ///     .isolation(Isolation::Serializable)
     ///     .retry(3)
-    ///     .run(|| transfer(1, 2))
+    ///     .run(|| transfer(1, 2, 30))
     ///     .await?;
+    /// # let b: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = 2").fetch_one(&pool).await?;
+    /// # assert_eq!(b, 30);
     /// # Ok(()) }
     /// ```
     pub fn retry(self, retries: u32) -> Retrying {

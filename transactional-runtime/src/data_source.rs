@@ -257,10 +257,14 @@ static REGISTRY: Lazy<RwLock<HashMap<String, Arc<DataSource>>>> = Lazy::new(Defa
 ///
 /// Call it once at start-up, before the first transactional call.
 ///
-/// ```no_run
-/// # async fn start() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = sqlx::SqlitePool::connect("sqlite://app.db?mode=rwc").await?;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
 /// transactional_runtime::register_default(pool)?;
+/// assert!(transactional_runtime::register_default(
+///     sqlx::SqlitePool::connect("sqlite::memory:").await?
+/// ).is_err(), "registered once");
 /// # Ok(()) }
 /// ```
 pub fn register_default<DB>(pool: Pool<DB>) -> Result<(), Error>

@@ -56,13 +56,26 @@ fn retryable_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
 /// error type that does not implement `std::error::Error` but can give one:
 ///
 /// ```
-/// # async fn transfer() -> anyhow::Result<()> { Ok(()) }
-/// # async fn example() -> anyhow::Result<()> {
 /// use transactional_runtime::{is_retryable, Transactional};
+///
+/// async fn transfer() -> anyhow::Result<()> {
+///     let mut conn = transactional_runtime::connection::<sqlx::Sqlite>().await?;
+///     sqlx::query("UPDATE accounts SET balance = balance - 10").execute(&mut *conn).await?;
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> anyhow::Result<()> {
+/// # let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// # sqlx::query("CREATE TABLE accounts (balance INTEGER)").execute(&pool).await?;
+/// # sqlx::query("INSERT INTO accounts VALUES (100)").execute(&pool).await?;
+/// # transactional_runtime::register_default(pool.clone())?;
 /// Transactional::new()
 ///     .retry(3)
 ///     .run_when(|e: &anyhow::Error| is_retryable(e.as_ref()), transfer)
 ///     .await?;
+/// // Not a refusal for a concurrent transaction: not worth another attempt.
+/// assert!(!is_retryable(&sqlx::Error::RowNotFound));
 /// # Ok(()) }
 /// ```
 pub fn is_retryable(error: &(dyn std::error::Error + 'static)) -> bool {

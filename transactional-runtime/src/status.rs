@@ -32,13 +32,16 @@ pub(crate) struct Starved(pub(crate) bool);
 /// A snapshot of one data source's pool, from [`pool_status`](crate::pool_status) or
 /// [`DataSourceRef::status`](crate::DataSourceRef::status).
 ///
-/// ```no_run
-/// # fn health() -> Result<(), transactional_runtime::Error> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # transactional_runtime::register_default(sqlx::SqlitePool::connect("sqlite::memory:").await?)?;
 /// let status = transactional_runtime::pool_status("default")?;
-/// println!("{status}"); // default (PostgreSQL): 4 of 10 connections open, 1 idle, …
+/// println!("{status}"); // default (SQLite): 1 of 10 connections open, 1 idle, …
 /// if status.waiting > 0 {
 ///     // callers are queuing for connections: the pool is too small for the load
 /// }
+/// assert_eq!(status.data_source, "default");
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,20 +1,39 @@
 //! A transaction per HTTP request, for axum and any tower service over `http` types (the
 //! `axum` feature), and the HTTP answer for the library's errors.
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use axum::{routing::post, Router};
-//! use http::Method;
+//! use http::{Method, Request, StatusCode};
+//! use tower_service::Service;
 //! use transactional_runtime::web::TransactionLayer;
 //!
-//! # async fn create_todo() -> &'static str { "" }
-//! let app: Router = Router::new()
+//! async fn create_todo() -> Result<&'static str, transactional_runtime::Error> {
+//!     // The request's transaction: committed once the handler answers 201.
+//!     let mut conn = transactional_runtime::connection::<sqlx::Sqlite>().await?;
+//!     sqlx::query("INSERT INTO todos (title) VALUES ('write docs')")
+//!         .execute(&mut *conn)
+//!         .await?;
+//!     Ok("created")
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! # sqlx::query("CREATE TABLE todos (title TEXT)").execute(&pool).await?;
+//! # transactional_runtime::register_default(pool.clone())?;
+//! let mut app: Router = Router::new()
 //!     .route("/todos", post(create_todo))
 //!     .layer(
 //!         TransactionLayer::new()
 //!             .timeout(Duration::from_secs(5))
 //!             .read_only_methods([Method::GET, Method::HEAD]),
 //!     );
+//! let response = app.call(Request::post("/todos").body(axum::body::Body::empty())?).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! # let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM todos").fetch_one(&pool).await?;
+//! # assert_eq!(n, 1);
+//! # Ok(()) }
 //! ```
 //!
 //! Each request runs in a transactional scope (REQUIRED on the default data source unless
@@ -98,6 +117,8 @@ struct Replay {
 ///         response
 ///     }
 /// }
+/// # let response = AppError(sqlx::Error::RowNotFound).into_response();
+/// # assert!(response.extensions().get::<transactional_runtime::web::Refused>().is_none());
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Refused;
