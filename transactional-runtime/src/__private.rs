@@ -156,11 +156,8 @@ pub type ErrorOf<R> = <R as ScopeResult>::Error;
 /// What a scope without a `no_rollback_for` rule holds in the rule's place.
 pub type NoRule<R> = fn(&ErrorOf<R>) -> bool;
 
-/// A boxed body that is `Send` exactly when the body is, proven in one step.
+/// A boxed body: `Send` exactly when the body is (as a `Pin<Box<F>>` is).
 pub struct Boxed<F>(Pin<Box<F>>);
-
-// SAFETY: a `Pin<Box<F>>` is `Send` when `F` is.
-unsafe impl<F: Send> Send for Boxed<F> {}
 
 impl<F: Future> Future for Boxed<F> {
     type Output = F::Output;

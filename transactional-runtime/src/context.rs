@@ -75,7 +75,9 @@ impl Context {
             return Context::default();
         }
         // SAFETY: `CURRENT` is non-null only inside `enter`, which borrows the `Context` (and so
-        // an `Arc` of this `Inner`) for as long as the pointer is set.
+        // an `Arc` of this `Inner`) for as long as the pointer is set. (Run under Miri: the
+        // tests at the end of this file.)
+        #[allow(unsafe_code)]
         let inner = unsafe {
             Arc::increment_strong_count(current);
             Arc::from_raw(current)

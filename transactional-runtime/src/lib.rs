@@ -13,6 +13,8 @@
 //! The current transaction travels with the task (a tokio task-local): futures joined or
 //! selected inside a scope share it, while a `tokio::spawn`ed task starts with none.
 #![deny(missing_docs)]
+// One `unsafe` block, in `context` (the thread-local pointer), allowed there and run under Miri.
+#![deny(unsafe_code)]
 
 // Layered in the direction the data flows; a module imports only from its own group or those
 // above it (tests/module_graph.rs keeps it so; docs/ARCHITECTURE.md walks through it).

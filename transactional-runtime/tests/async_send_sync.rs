@@ -10,8 +10,8 @@
 use std::rc::Rc;
 
 use transactional_runtime::{
-    connection, data_source, testing, ConnectionGuard, DataSourceRef, Error, Isolation,
-    Outcome, PoolStatus, Propagation, RollbackCause, Transactional, TxOptions,
+    connection, data_source, testing, ConnectionGuard, DataSourceRef, Error, Isolation, Outcome,
+    PoolStatus, Propagation, RollbackCause, Transactional, TxOptions,
 };
 
 fn send<T: Send>(_: &T) {}
@@ -98,8 +98,12 @@ fn a_scope_is_send_exactly_when_its_body_and_output_are() {
 #[test]
 fn hook_registration_and_test_support_futures_are_send() {
     send(&transactional_runtime::after_commit(|| async {}));
-    send(&transactional_runtime::before_commit(|| async { Ok::<_, Error>(()) }));
-    send(&transactional_runtime::after_completion(|_: Outcome| async {}));
+    send(&transactional_runtime::before_commit(|| async {
+        Ok::<_, Error>(())
+    }));
+    send(&transactional_runtime::after_completion(
+        |_: Outcome| async {},
+    ));
     send(&testing::rollback_after(body_ok()));
     send(&testing::mocked(body_ok()));
     send(&testing::capture_after_commit(body_ok()));

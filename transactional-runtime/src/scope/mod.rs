@@ -87,27 +87,11 @@ enum Stage {
     Done,
 }
 
-// The body is pinned in its box; nothing else is ever pinned in place.
+// The body is pinned in its box; nothing else is ever pinned in place. (`Send` is the compiler's
+// own: a scope is `Send` exactly when its body, its output and its rule are, which
+// tests/async_send_sync.rs checks, and a body type-erased as `dyn Future + Send` proves a chain
+// of annotated fns `Send` one level at a time.)
 impl<B: Future, P> Unpin for Scope<B, P> {}
-
-// SAFETY: every field is `Send` when `B`, its output and `P` are: `Stage` is checked below, and
-// the rest holds a `B`, a `B::Output`, a `P`, or is `Send` itself. Stated on `B` directly so that
-// a scope whose body is a `dyn Future + Send` is `Send` without looking inside it: a chain of
-// annotated fns is proven `Send` one level at a time, whatever its depth.
-unsafe impl<B, P> Send for Scope<B, P>
-where
-    B: Future + Send,
-    B::Output: Send,
-    P: Send,
-{
-}
-
-const _: () = {
-    const fn send<T: Send>() {}
-    send::<Stage>();
-    send::<TxOptions>();
-    send::<Option<Box<dyn Any + Send>>>();
-};
 
 impl<B: Future, P> Scope<B, P> {
     /// Gives the scope a way to put the body's error in words, for its rollback's log line
