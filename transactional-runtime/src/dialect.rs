@@ -7,6 +7,7 @@ use crate::options::Isolation;
 
 /// The databases the library knows, and so the SQL dialect of their control statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Dialect {
     /// PostgreSQL: options ride in the `BEGIN` statement.
     Postgres,

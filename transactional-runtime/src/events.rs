@@ -6,6 +6,7 @@ use crate::options::TxOptions;
 
 /// One thing a scope did, with the options of that scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ScopeEvent {
     /// The scope's options; `scope.name` is the annotated fn's path.
     pub scope: TxOptions,
@@ -17,7 +18,7 @@ pub struct ScopeEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EventKind {
-    /// The scope began a physical transaction.
+    /// The scope owns a new physical transaction (its BEGIN is sent with its first statement).
     Began,
     /// The scope joined the current transaction.
     Joined,

@@ -108,11 +108,15 @@ impl fmt::Display for Isolation {
     }
 }
 
-/// Everything a scope was asked for, independent of the body it runs.
+/// Everything a scope was asked for, independent of the body it runs: what
+/// [`Transactional::options`](crate::Transactional::options) and
+/// [`ScopeEvent::scope`](crate::ScopeEvent::scope) show.
 ///
-/// Built with [`Transactional`](crate::Transactional); `const`, so the
-/// `#[transactional]` macro builds it at compile time.
+/// Built with [`Transactional`](crate::Transactional)'s setters (from [`TxOptions::DEFAULT`]);
+/// its fields are read-only outside this crate (`#[non_exhaustive]`), so that options added
+/// later (a replica route, say) are not a breaking change.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TxOptions {
     /// A name for logs, tracing and the recording mock; the macro uses the fn's path.
     pub name: Name,

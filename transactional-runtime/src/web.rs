@@ -243,6 +243,25 @@ pub struct TransactionService<S> {
     layer: TransactionLayer,
 }
 
+/// The future of [`TransactionService`]: the request's transactional scope, then the
+/// response. `Send`; boxed, since it holds the inner service's future inside the scope.
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<B, E>(Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>);
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<B>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
 /// How a request's scope ended, when not with a committed response.
 enum Ended<B, E> {
     /// The handler answered with a status that rolls back.
@@ -290,7 +309,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
+    type Future = ResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -309,7 +328,7 @@ where
             .read_only(read_only || self.layer.scope.options().read_only);
         let rolls_back = self.layer.rolls_back.clone();
         let replay = self.layer.replay;
-        Box::pin(async move {
+        ResponseFuture(Box::pin(async move {
             let ended = if replay.retries == 0 {
                 let body = handle(inner, request, rolls_back);
                 scope.run_describing(body, Ended::describe).await
@@ -343,7 +362,7 @@ where
                     Ok(plain(status, message))
                 }
             }
-        })
+        }))
     }
 }
 
