@@ -80,11 +80,6 @@ pub(crate) trait Source: Send + Sync + 'static {
     }
     /// Told what each scope on this data source does (the recording mock records it).
     fn observe(&self, _event: ScopeEvent) {}
-    /// Begin transactions and savepoints as their scopes start, not at their first use of the
-    /// connection: the recording mock does, since the code under test never uses it.
-    fn begins_eagerly(&self) -> bool {
-        false
-    }
 }
 
 impl<DB> Source for Pool<DB>
@@ -136,11 +131,24 @@ where
     }
 }
 
+/// What a data source's connections are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// Connections to the database sqlx calls `name` (`Database::NAME`): repository code gets
+    /// them.
+    Database(&'static str),
+    /// The recording mock (`testing::MockDataSource`): it records what a transaction would
+    /// send, so its transactions and savepoints begin as their scopes start (the code under test
+    /// never uses the connection), and repository code that asks for a connection gets
+    /// `Error::MockConnection`.
+    Recording,
+}
+
 /// A registered data source: a name, a dialect and where its connections come from.
 pub(crate) struct DataSource {
     pub name: Arc<str>,
     pub dialect: Dialect,
-    pub database: &'static str,
+    pub backend: Backend,
     pub settings: DataSourceSettings,
     pub source: Arc<dyn Source>,
     /// What the library counts of its use of the pool.
@@ -151,7 +159,7 @@ impl fmt::Debug for DataSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataSource")
             .field("name", &self.name)
-            .field("database", &self.database)
+            .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
 }
@@ -170,7 +178,7 @@ impl DataSource {
         Ok(DataSource {
             name: name.into(),
             dialect,
-            database: DB::NAME,
+            backend: Backend::Database(DB::NAME),
             settings,
             source: Arc::new(pool),
             usage: Arc::default(),
@@ -215,19 +223,28 @@ impl DataSource {
     }
 
     pub(crate) fn pool<DB: Database>(&self) -> Result<&Pool<DB>, Error> {
-        if self.database == MOCK_DATABASE {
-            return Err(Error::MockConnection {
-                name: self.name.to_string(),
-            });
-        }
-        self.source
+        self.hands_out::<DB>()?;
+        Ok(self
+            .source
             .as_any()
             .downcast_ref::<Pool<DB>>()
-            .ok_or_else(|| Error::WrongDatabase {
+            .expect("a data source of `DB` has a `Pool<DB>`"))
+    }
+
+    /// Whether repository code may have a `DB` connection of this data source: not of another
+    /// database, and not of the recording mock.
+    pub(crate) fn hands_out<DB: Database>(&self) -> Result<(), Error> {
+        match self.backend {
+            Backend::Database(database) if database == DB::NAME => Ok(()),
+            Backend::Database(actual) => Err(Error::WrongDatabase {
                 name: self.name.to_string(),
                 expected: DB::NAME,
-                actual: self.database,
-            })
+                actual,
+            }),
+            Backend::Recording => Err(Error::MockConnection {
+                name: self.name.to_string(),
+            }),
+        }
     }
 }
 
@@ -247,9 +264,6 @@ fn dialect_of<DB: Database>(pool: &Pool<DB>) -> Option<Dialect> {
     let _ = pool;
     None
 }
-
-/// `DataSource::database` of the recording mock.
-pub(crate) const MOCK_DATABASE: &str = "recording mock";
 
 static REGISTRY: Lazy<RwLock<HashMap<String, Arc<DataSource>>>> = Lazy::new(Default::default);
 

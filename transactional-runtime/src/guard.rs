@@ -8,7 +8,6 @@ use sqlx::pool::PoolConnection;
 use sqlx::Database;
 
 use crate::context::{Context, Mode};
-use crate::data_source::MOCK_DATABASE;
 use crate::error::Error;
 use crate::status::{acquire_hint, counted_wait};
 use crate::transaction::Lease;
@@ -97,17 +96,16 @@ pub(crate) async fn acquire<DB: Database>(data_source: &str) -> Result<Connectio
     let inner = match ctx.frame(data_source) {
         Some(frame) => {
             let tx = frame.tx();
-            let database = tx.data_source.database;
-            if database != DB::NAME && database != MOCK_DATABASE {
-                return Err(wrong_database::<DB>(data_source, database));
-            }
             // The recording mock begins its transaction here too, so that it records what the
-            // database would have received.
+            // database would have received; then it refuses.
+            let recording = match tx.data_source.hands_out::<DB>() {
+                Ok(()) => None,
+                Err(error @ Error::MockConnection { .. }) => Some(error),
+                Err(error) => return Err(error),
+            };
             let lease = tx.lend(frame).await?;
-            if database == MOCK_DATABASE {
-                return Err(Error::MockConnection {
-                    name: data_source.to_owned(),
-                });
+            if let Some(error) = recording {
+                return Err(error);
             }
             Inner::InTransaction(lease)
         }
@@ -128,12 +126,4 @@ pub(crate) async fn acquire<DB: Database>(data_source: &str) -> Result<Connectio
         }
     };
     Ok(ConnectionGuard { inner })
-}
-
-fn wrong_database<DB: Database>(name: &str, actual: &'static str) -> Error {
-    Error::WrongDatabase {
-        name: name.to_owned(),
-        expected: DB::NAME,
-        actual,
-    }
 }

@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 
 use crate::builder::Transactional;
 use crate::context::{Context, HookSink, Mode};
-use crate::data_source::{DataSource, DataSourceSettings, Source, MOCK_DATABASE};
+use crate::data_source::{Backend, DataSource, DataSourceSettings, Source};
 use crate::dialect::Dialect;
 use crate::driver::{Armed, Conn, TxConnection, Watch};
 use crate::error::Error;
@@ -229,7 +229,7 @@ impl MockDataSource {
         let data_source = DataSource {
             name: name.into(),
             dialect: self.inner.dialect,
-            database: MOCK_DATABASE,
+            backend: Backend::Recording,
             settings: DataSourceSettings::new(),
             source: Arc::new(MockSource(self.inner.clone())),
             usage: Arc::default(),
@@ -329,10 +329,6 @@ impl Source for MockSource {
 
     fn observe(&self, event: ScopeEvent) {
         self.0.log().events.push(event);
-    }
-
-    fn begins_eagerly(&self) -> bool {
-        true
     }
 }
 

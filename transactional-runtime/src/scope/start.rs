@@ -11,7 +11,7 @@ use tracing::Span;
 
 use super::attempt::AttemptState;
 use crate::context::{Context, Mode};
-use crate::data_source::DataSource;
+use crate::data_source::{Backend, DataSource};
 use crate::error::Error;
 use crate::events::EventKind;
 use crate::inspect::DatabaseFailure;
@@ -203,7 +203,7 @@ fn decide_scope(
     let what = place.build(options, choice, span)?;
     if let Some(frame) = what.frame() {
         trace::record_tx(span, frame.tx().id);
-        if place.data_source.source.begins_eagerly() {
+        if place.data_source.backend == Backend::Recording {
             // The recording mock answers at once; a lease is given straight back.
             let _ = frame.tx().lend(frame).now_or_never();
         }
