@@ -17,6 +17,7 @@ mod keys;
 mod options;
 #[cfg(test)]
 mod property_tests;
+mod reading;
 mod suggest;
 mod values;
 
@@ -65,6 +66,7 @@ mod values;
 /// | `timeout` | whole seconds (`timeout = 5`) or a string with a unit: `"250ms"`, `"5s"`, `"2m"` | none |
 /// | `data_source` | the name a pool was registered under, `data_source = "reporting"` | `"default"` |
 /// | `no_rollback_for` | a predicate on the error: a path to a `fn(&E) -> bool`, or a closure | every `Err` rolls back |
+/// | `retry` | how many times to run the scope again when the database refuses it for a concurrent transaction, `retry = 3` | no retry |
 /// | `send` / `local` | bare flags: how the body is held (see below) | decided from the signature |
 /// | `crate` | the path to the `transactional` crate, `crate = "my_app::tx"` | `"::transactional"` |
 ///
@@ -119,6 +121,23 @@ mod values;
 /// async fn import(rows: Vec<Row>) -> Result<usize, AppError> { /* ... */ }
 /// ```
 ///
+/// ## `retry`
+///
+/// Runs the whole scope again, in a new transaction, up to `N` more times while the database
+/// refuses it for a concurrent one (a serialization failure, a deadlock), with a jittered pause
+/// between attempts. The refusal is read from the body's error: any error whose `source()`
+/// chain holds the database's error (sqlx's, the library's), `anyhow::Error` and boxed errors,
+/// or an error type implementing `transactional::RetryableError`; an error type none of these
+/// can read is a compile error on the return type. Each attempt gets clones of the fn's
+/// arguments, so they must be plain names of `Clone` types. Only a scope that begins its own
+/// transaction can be run again: one that would join its caller's fails with
+/// `Error::InvalidOptions` without running.
+///
+/// ```ignore
+/// #[transactional(isolation = "SERIALIZABLE", retry = 5)]
+/// async fn transfer(from: i64, to: i64, cents: i64) -> Result<(), AppError> { /* ... */ }
+/// ```
+///
 /// ## `send` and `local`
 ///
 /// The body of a plain free fn (no `self`, no type parameters, no `impl Trait` or `dyn Trait`
@@ -163,16 +182,22 @@ mod values;
 ///             .name(concat!(module_path!(), "::", "save"))
 ///             .propagation(::transactional::Propagation::RequiresNew)
 ///             .timeout(::core::time::Duration::from_millis(5000)),
+///         Some(|output: &Result<OrderId, AppError>, text: bool| /* reads the error */),
 ///         async move { body },
 ///     )
 ///     .await
 /// }
 /// ```
 ///
-/// (`__private::send` for a body whose type is erased, see above.) With `no_rollback_for = p`
-/// the call is `local_with_rule(builder, p, async move { body })`,
-/// where `p` first goes through a local identity fn that names the fn's return type, so that
-/// a closure's parameter type is known without an annotation (`|e| e.is_benign()`).
+/// `__private::send` for a body whose type is erased (see above). The describer (the second
+/// argument) reads the body's error, for the log line of its rollback and for the database's
+/// error in it; it is `None` for a return type that does not read as a `Result`. With
+/// `no_rollback_for = p` the call is `local_with_rule(builder, p, describer, async move { body
+/// })`, where `p` first goes through a local identity fn that names the fn's return type, so
+/// that a closure's parameter type is known without an annotation (`|e| e.is_benign()`). With
+/// `retry = N` it is `local_retrying(builder, N, rule, describer, move || { <clones of the
+/// arguments>; async move { body } })` (`…_retrying_by_trait` without the describer, for an
+/// error type that implements `RetryableError`).
 /// Because the body runs in an `async move` block, `return` inside it returns from the fn as
 /// before, and `?` converts errors exactly as it did.
 #[proc_macro_attribute]
