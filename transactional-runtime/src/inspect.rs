@@ -3,7 +3,7 @@
 //! the library's own [`Error`]), and what it means for the transaction.
 //!
 //! A scope's end uses it on its body's error (the macro passes a way to reach that error as a
-//! `dyn Error`, see `builder::__private`), to know whether the database rolled the whole
+//! `dyn Error`, see `__private`), to know whether the database rolled the whole
 //! transaction back (docs/SEMANTICS.md, "When the database ends a transaction") and to quote
 //! the statement that failed first.
 

@@ -95,7 +95,7 @@ impl<B: Future, P> Unpin for Scope<B, P> {}
 
 impl<B: Future, P> Scope<B, P> {
     /// Gives the scope a way to put the body's error in words, for its rollback's log line
-    /// (what `#[transactional]` passes; see `builder::__private`).
+    /// (what `#[transactional]` passes; see `__private`).
     pub(crate) fn describing(mut self, describe: Option<Describe<B::Output>>) -> Self {
         self.describe = describe;
         self
@@ -157,7 +157,9 @@ where
                     None => Exit::Ok,
                     Some(error) => {
                         if let Some(describe) = self.describe {
-                            let text = tracing::enabled!(target: crate::trace::TARGET, tracing::Level::DEBUG);
+                            use tracing::Level;
+                            let text =
+                                tracing::enabled!(target: crate::trace::TARGET, Level::DEBUG);
                             if let Some(facts) = describe(&output, text) {
                                 running.detail = facts.text;
                                 running.failure = facts.database;
