@@ -74,6 +74,29 @@ pub struct Scope<B: Future, P> {
     panic: Option<Box<dyn Any + Send>>,
     /// Once it has completed as one attempt of a retried scope: whether another follows.
     again: bool,
+    /// What the scope does with its output, fixed where its type is known to be a
+    /// [`ScopeResult`] ([`Scope::new`]): so that the scope is a `Future` without asking again,
+    /// and a return type that is not a `Result` is one compile error, not two.
+    results: Results<B::Output, P>,
+}
+
+/// How a scope reads its body's output and makes one of the library's errors.
+struct Results<R, P> {
+    /// `None` for a success; for an error, whether the `no_rollback_for` rule commits it.
+    exit: fn(&R, Option<&P>) -> Option<bool>,
+    from_library: fn(Error) -> R,
+}
+
+impl<R: ScopeResult, P: Fn(&R::Error) -> bool> Results<R, P> {
+    fn of() -> Self {
+        Results {
+            exit: |output, rule| {
+                let error = output.error()?;
+                Some(rule.is_some_and(|rule| rule(error)))
+            },
+            from_library: R::from_library,
+        }
+    }
 }
 
 /// Reads the body's output when it is an error: its words (when the flag asks for them, for a
@@ -131,9 +154,12 @@ where
             output: None,
             panic: None,
             again: false,
+            results: Results::of(),
         }
     }
+}
 
+impl<B: Future + Unpin, P> Scope<B, P> {
     /// Polls the body with the scope's context; `None` while it is pending.
     #[inline]
     fn poll_body(&mut self, cx: &mut TaskContext<'_>) -> Option<Exit> {
@@ -153,9 +179,9 @@ where
         match polled {
             Ok(Poll::Pending) => None,
             Ok(Poll::Ready(output)) => {
-                let ended = match output.error() {
+                let ended = match (self.results.exit)(&output, self.rule.as_ref()) {
                     None => Exit::Ok,
-                    Some(error) => {
+                    Some(commits) => {
                         if let Some(describe) = self.describe {
                             use tracing::Level;
                             let text =
@@ -175,9 +201,7 @@ where
                                 running.failure = Some(DatabaseFailure::concurrent_refusal());
                             }
                         }
-                        Exit::Err {
-                            commits: self.rule.as_ref().is_some_and(|rule| rule(error)),
-                        }
+                        Exit::Err { commits }
                     }
                 };
                 self.output = Some(output);
@@ -197,7 +221,7 @@ where
             resume_unwind(payload);
         }
         if let Some(error) = report.error {
-            return B::Output::from_library(error);
+            return (self.results.from_library)(error);
         }
         self.output
             .take()
@@ -205,12 +229,7 @@ where
     }
 }
 
-impl<B, P> Future for Scope<B, P>
-where
-    B: Future + Unpin,
-    B::Output: ScopeResult,
-    P: Fn(&<B::Output as ScopeResult>::Error) -> bool,
-{
+impl<B: Future + Unpin, P> Future for Scope<B, P> {
     type Output = B::Output;
 
     // Every poll of every scope below this one passes through here, so this frame stays small:
@@ -219,7 +238,7 @@ where
         let this = self.get_mut();
         if let Stage::Start = this.stage {
             if let Err(error) = this.start() {
-                return Poll::Ready(B::Output::from_library(error));
+                return Poll::Ready((this.results.from_library)(error));
             }
         }
         if let Stage::Body(_) = this.stage {
@@ -232,12 +251,7 @@ where
     }
 }
 
-impl<B, P> Scope<B, P>
-where
-    B: Future + Unpin,
-    B::Output: ScopeResult,
-    P: Fn(&<B::Output as ScopeResult>::Error) -> bool,
-{
+impl<B: Future + Unpin, P> Scope<B, P> {
     #[inline(never)]
     fn start(&mut self) -> Result<(), Error> {
         let attempt = self.attempt.as_ref().map(Attempt::state);
