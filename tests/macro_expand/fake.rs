@@ -119,55 +119,58 @@ pub mod __private {
         out
     }
 
-    pub fn send<F, T, E>(
-        tx: Transactional,
-        describe: Option<Describe<Result<T, E>>>,
-        body: F,
-    ) -> impl Future<Output = Result<T, E>>
-    where
-        F: Future<Output = Result<T, E>> + Send,
-        E: From<Error>,
-    {
-        described(describe, tx.run(body))
+    /// What the attribute says besides its options and body.
+    pub struct Spec<R, P> {
+        pub rule: Option<P>,
+        pub describe: Option<Describe<R>>,
+        pub classify: Option<fn(&R) -> bool>,
     }
 
-    pub fn send_with_rule<F, T, E, P>(
+    /// A body the expansion found surely `Send`: it must be.
+    pub struct SendBody<F>(pub F);
+
+    /// A body whose `Send`-ness is unknown.
+    pub struct LocalBody<F>(pub F);
+
+    pub trait Body {
+        type Future: Future;
+        fn into_future(self) -> Self::Future;
+    }
+
+    impl<F: Future + Send> Body for SendBody<F> {
+        type Future = F;
+        fn into_future(self) -> F {
+            self.0
+        }
+    }
+
+    impl<F: Future> Body for LocalBody<F> {
+        type Future = F;
+        fn into_future(self) -> F {
+            self.0
+        }
+    }
+
+    pub fn scope<B, T, E, P>(
         tx: Transactional,
-        commit_on: P,
-        describe: Option<Describe<Result<T, E>>>,
-        body: F,
+        body: B,
+        spec: Spec<Result<T, E>, P>,
     ) -> impl Future<Output = Result<T, E>>
     where
-        F: Future<Output = Result<T, E>> + Send,
+        B: Body,
+        B::Future: Future<Output = Result<T, E>>,
         E: From<Error>,
         P: Fn(&E) -> bool,
     {
-        described(describe, tx.run_with_no_rollback_for(commit_on, body))
-    }
-
-    pub fn local<F, T, E>(
-        tx: Transactional,
-        describe: Option<Describe<Result<T, E>>>,
-        body: F,
-    ) -> impl Future<Output = Result<T, E>>
-    where
-        F: Future<Output = Result<T, E>>,
-        E: From<Error>,
-    {
-        described(describe, tx.run(body))
-    }
-
-    pub fn local_with_rule<F, T, E, P>(
-        tx: Transactional,
-        commit_on: P,
-        describe: Option<Describe<Result<T, E>>>,
-        body: F,
-    ) -> impl Future<Output = Result<T, E>>
-    where
-        F: Future<Output = Result<T, E>>,
-        E: From<Error>,
-        P: Fn(&E) -> bool,
-    {
-        described(describe, tx.run_with_no_rollback_for(commit_on, body))
+        assert!(spec.classify.is_none(), "a classifier only with `retry`");
+        let body = body.into_future();
+        async move {
+            match spec.rule {
+                Some(rule) => {
+                    described(spec.describe, tx.run_with_no_rollback_for(rule, body)).await
+                }
+                None => described(spec.describe, tx.run(body)).await,
+            }
+        }
     }
 }

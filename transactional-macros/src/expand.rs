@@ -40,13 +40,16 @@ pub(crate) fn transactional(args: TokenStream, item: TokenStream) -> TokenStream
 /// Emits the fn with its signature and attributes as written and this body:
 ///
 /// ```text
-/// ::transactional::__private::<send | local>[_with_rule](
+/// ::transactional::__private::scope(
 ///     ::transactional::Transactional::new()
 ///         .name(concat!(module_path!(), "::", "<fn>"))
 ///         .<one setter per option given>,
-///     [<the no_rollback_for predicate>,]
-///     <Some(describer) | None>,
-///     async move { <body> },
+///     ::transactional::__private::<SendBody | LocalBody>(async move { <body> }),
+///     ::transactional::__private::Spec {
+///         rule: <Some(the no_rollback_for predicate) | None>,
+///         describe: <Some(the describer) | None>,
+///         classify: None,
+///     },
 /// )
 /// .await
 /// ```
@@ -105,20 +108,9 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
         Some((send, _)) => send,
         None => surely_send(&sig),
     };
-    let entry = match (send, args.no_rollback_for.is_some()) {
-        (true, false) => "send",
-        (true, true) => "send_with_rule",
-        (false, false) => "local",
-        (false, true) => "local_with_rule",
-    };
-    // `async move` carries the return type's span too: a bound the body's output does not meet
-    // is reported on the return type.
-    let body = quote_spanned!(ret_span=> async move #block);
-
     // The whole path carries the return type's span, so that a return type the runtime
     // cannot use (its `ScopeResult` bound) is reported on the return type.
-    let entry = Ident::new(entry, ret_span);
-    let private = respan(quote!(#krate::__private::#entry), ret_span);
+    let private = private_item(&krate, "scope", ret_span);
     if let Some((retries, span)) = args.retry {
         let parts = Parts {
             attrs,
@@ -135,13 +127,16 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
         Some(describe) => quote_spanned!(ret_span=> ::core::option::Option::Some(#describe)),
         None => quote_spanned!(ret_span=> ::core::option::Option::None),
     };
-    let call = match &args.no_rollback_for {
-        Some(predicate) => {
-            let predicate = typed_predicate(predicate, &sig.output);
-            quote!(#private(#builder, #predicate, #describe, #body))
-        }
-        None => quote!(#private(#builder, #describe, #body)),
-    };
+    let wrapper = private_item(
+        &krate,
+        if send { "SendBody" } else { "LocalBody" },
+        ret_span,
+    );
+    // `async move` carries the return type's span too: a bound the body's output does not meet
+    // is reported on the return type.
+    let body = quote_spanned!(ret_span=> #wrapper(async move #block));
+    let spec = spec(&krate, args, &sig.output, describe, ret_span, None);
+    let call = quote!(#private(#builder, #body, #spec));
 
     quote! {
         #(#attrs)*
@@ -150,6 +145,38 @@ pub(crate) fn expand(args: &TxArgs, function: TxFn) -> TokenStream {
             #call.await
         }
     }
+}
+
+/// `<krate>::__private::<name>`, all with `span`.
+fn private_item(krate: &TokenStream, name: &str, span: Span) -> TokenStream {
+    let name = Ident::new(name, span);
+    respan(quote!(#krate::__private::#name), span)
+}
+
+/// The `__private::Spec` of the call: the `no_rollback_for` rule, the describer (an `Option`
+/// already), and the classifier `retry` uses for an error type that says itself whether it is
+/// worth another attempt.
+fn spec(
+    krate: &TokenStream,
+    args: &TxArgs,
+    output: &ReturnType,
+    describe: TokenStream,
+    ret_span: Span,
+    classify: Option<TokenStream>,
+) -> TokenStream {
+    let rule = match &args.no_rollback_for {
+        Some(predicate) => {
+            let predicate = typed_predicate(predicate, output);
+            quote!(::core::option::Option::Some(#predicate))
+        }
+        None => quote_spanned!(ret_span=> ::core::option::Option::None::<fn(&_) -> bool>),
+    };
+    let classify = match classify {
+        Some(classify) => quote_spanned!(ret_span=> ::core::option::Option::Some(#classify)),
+        None => quote_spanned!(ret_span=> ::core::option::Option::None),
+    };
+    let spec = private_item(krate, "Spec", ret_span);
+    quote_spanned!(ret_span=> #spec { rule: #rule, describe: #describe, classify: #classify })
 }
 
 /// The fn's parts the expansion puts back around the new body.
@@ -167,12 +194,19 @@ struct Parts {
 /// expects):
 ///
 /// ```text
-/// ::transactional::__private::<send | local>_retrying(<builder>, N, <predicate or None>,
-///     <describer>, move || { let arg = Clone::clone(&arg); …; async move { <body> } })
+/// ::transactional::__private::scope(
+///     <builder>,
+///     ::transactional::__private::<SendAttempts | LocalAttempts>(
+///         move || { let arg = Clone::clone(&arg); …; async move { <body> } },
+///         N,
+///     ),
+///     ::transactional::__private::Spec { rule, describe: Some(<describer>), classify: None },
+/// )
+/// .await
 /// ```
 ///
-/// (`…_retrying_by_trait`, without the describer, for a return type that does not read as a
-/// `Result`: its error type then implements `RetryableError`.)
+/// For a return type that does not read as a `Result`, `describe: None` and `classify:
+/// Some(__private::by_trait())`: its error type must implement `RetryableError`.
 fn retrying(
     args: &TxArgs,
     krate: &TokenStream,
@@ -229,23 +263,16 @@ fn retrying(
     // says whether to run again); another one's error type must say it itself
     // (`RetryableError`).
     let describe = describe_errors(krate, &sig.output, true);
-    let rule = match &args.no_rollback_for {
-        Some(predicate) => {
-            let predicate = typed_predicate(predicate, &sig.output);
-            quote!(::core::option::Option::Some(#predicate))
-        }
-        None => quote_spanned!(ret_span=> ::core::option::Option::None::<fn(&_) -> bool>),
-    };
-    let entry = Ident::new(
-        match (send, describe.is_some()) {
-            (true, true) => "send_retrying",
-            (false, true) => "local_retrying",
-            (true, false) => "send_retrying_by_trait",
-            (false, false) => "local_retrying_by_trait",
+    let private = private_item(krate, "scope", ret_span);
+    let attempts = private_item(
+        krate,
+        if send {
+            "SendAttempts"
+        } else {
+            "LocalAttempts"
         },
         ret_span,
     );
-    let private = respan(quote!(#krate::__private::#entry), ret_span);
     let retries = Literal::u32_unsuffixed(retries);
     let retries = quote_spanned!(span=> #retries);
     let make = quote_spanned!(ret_span=> move || { #clones async move #block });
@@ -261,12 +288,21 @@ fn retrying(
     }
     // The call carries the return type's span: an error type `retry` cannot classify is
     // reported there.
-    let call = match describe {
-        Some(describe) => {
-            quote_spanned!(ret_span=> #private(#builder, #retries, #rule, #describe, #make))
+    let (describe, classify) = match describe {
+        Some(describe) => (
+            quote_spanned!(ret_span=> ::core::option::Option::Some(#describe)),
+            None,
+        ),
+        None => {
+            let by_trait = private_item(krate, "by_trait", ret_span);
+            (
+                quote_spanned!(ret_span=> ::core::option::Option::None),
+                Some(quote_spanned!(ret_span=> #by_trait())),
+            )
         }
-        None => quote_spanned!(ret_span=> #private(#builder, #retries, #rule, #make)),
     };
+    let spec = spec(krate, args, &sig.output, describe, ret_span, classify);
+    let call = quote_spanned!(ret_span=> #private(#builder, #attempts(#make, #retries), #spec));
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -330,11 +366,15 @@ mod tests {
                 #[doc = r" Saves."]
                 #[must_use]
                 pub async fn save(&self, x: i32) -> Result<i32, AppError> {
-                    ::transactional::__private::local(
+                    ::transactional::__private::scope(
                         ::transactional::Transactional::new()
                             .name(::core::concat!(::core::module_path!(), "::", "save")),
-                        DESCRIBER,
-                        async move { Ok(x) }
+                        ::transactional::__private::LocalBody(async move { Ok(x) }),
+                        ::transactional::__private::Spec {
+                            rule: ::core::option::Option::None::<fn(&_) -> bool>,
+                            describe: DESCRIBER,
+                            classify: ::core::option::Option::None
+                        }
                     )
                     .await
                 }
@@ -370,7 +410,7 @@ mod tests {
             tokens(
                 &r#"
                 async fn r#report() -> AppResult<()> {
-                    my::tx::__private::send_with_rule(
+                    my::tx::__private::scope(
                         my::tx::Transactional::new()
                             .name(::core::concat!(::core::module_path!(), "::", "report"))
                             .propagation(my::tx::Propagation::RequiresNew)
@@ -378,7 +418,9 @@ mod tests {
                             .read_only(true)
                             .timeout(::core::time::Duration::from_millis(250))
                             .data_source("reporting"),
-                            {
+                        my::tx::__private::SendBody(async move { Ok(()) }),
+                        my::tx::__private::Spec {
+                            rule: ::core::option::Option::Some({
                                 fn __transactional_no_rollback_for<T, E, P>(
                                     _: ::core::marker::PhantomData<::core::result::Result<T, E>>,
                                     predicate: P,
@@ -392,9 +434,10 @@ mod tests {
                                     ::core::marker::PhantomData::<AppResult<()> >,
                                     AppError::is_benign
                                 )
-                            },
-                            DESCRIBER,
-                            async move { Ok(()) }
+                            }),
+                            describe: DESCRIBER,
+                            classify: ::core::option::Option::None
+                        }
                     )
                     .await
                 }
@@ -422,13 +465,17 @@ mod tests {
                 &r#"
                 async fn f() -> Result<(), E> {
                     #![allow(unused)]
-                    ::transactional::__private::send(
+                    ::transactional::__private::scope(
                         ::transactional::Transactional::new()
                             .name(::core::concat!(::core::module_path!(), "::", "f"))
                             .read_only(false)
                             .timeout(::core::time::Duration::from_millis(2000)),
-                        DESCRIBER,
-                        async move { let x = 1; Ok(()) }
+                        ::transactional::__private::SendBody(async move { let x = 1; Ok(()) }),
+                        ::transactional::__private::Spec {
+                            rule: ::core::option::Option::None::<fn(&_) -> bool>,
+                            describe: DESCRIBER,
+                            classify: ::core::option::Option::None
+                        }
                     )
                     .await
                 }
@@ -451,7 +498,9 @@ mod tests {
         // As written: no identity fn naming the return type around it, and no describer (a
         // closure's parameter cannot name `impl Display`).
         assert!(
-            out.contains(",|e:&E|e.ok(),::core::option::Option::None,asyncmove{Ok(1)})"),
+            out.contains(
+                "rule:::core::option::Option::Some(|e:&E|e.ok()),describe:::core::option::Option::None,"
+            ),
             "{out}"
         );
         assert!(mentions_impl(quote!(Result<Vec<impl Display>, E>)));

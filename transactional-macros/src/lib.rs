@@ -177,27 +177,31 @@ mod values;
 /// // becomes
 ///
 /// async fn save(&self, order: Order) -> Result<OrderId, AppError> {
-///     ::transactional::__private::local(
+///     ::transactional::__private::scope(
 ///         ::transactional::Transactional::new()
 ///             .name(concat!(module_path!(), "::", "save"))
 ///             .propagation(::transactional::Propagation::RequiresNew)
 ///             .timeout(::core::time::Duration::from_millis(5000)),
-///         Some(|output: &Result<OrderId, AppError>, text: bool| /* reads the error */),
-///         async move { body },
+///         ::transactional::__private::LocalBody(async move { body }),
+///         ::transactional::__private::Spec {
+///             rule: None,
+///             describe: Some(|output: &Result<OrderId, AppError>, text: bool| /* reads the error */),
+///             classify: None,
+///         },
 ///     )
 ///     .await
 /// }
 /// ```
 ///
-/// `__private::send` for a body whose type is erased (see above). The describer (the second
-/// argument) reads the body's error, for the log line of its rollback and for the database's
-/// error in it; it is `None` for a return type that does not read as a `Result`. With
-/// `no_rollback_for = p` the call is `local_with_rule(builder, p, describer, async move { body
-/// })`, where `p` first goes through a local identity fn that names the fn's return type, so
-/// that a closure's parameter type is known without an annotation (`|e| e.is_benign()`). With
-/// `retry = N` it is `local_retrying(builder, N, rule, describer, move || { <clones of the
-/// arguments>; async move { body } })` (`…_retrying_by_trait` without the describer, for an
-/// error type that implements `RetryableError`).
+/// `__private::scope` is the runtime's one entry point for the macro; `SendBody` holds a body
+/// whose type is erased (see above). The describer reads the body's error, for the log line of
+/// its rollback and for the database's error in it; it is `None` for a return type that does
+/// not read as a `Result`. With `no_rollback_for = p`, `rule` is `Some(p)`, where `p` first goes
+/// through a local identity fn that names the fn's return type, so that a closure's parameter
+/// type is known without an annotation (`|e| e.is_benign()`). With `retry = N` the body is
+/// `LocalAttempts(move || { <clones of the arguments>; async move { body } }, N)` (or
+/// `SendAttempts`); for an error type the describer cannot name, `classify` is
+/// `Some(__private::by_trait())`, which asks for `RetryableError`.
 /// Because the body runs in an `async move` block, `return` inside it returns from the fn as
 /// before, and `?` converts errors exactly as it did.
 #[proc_macro_attribute]

@@ -1,4 +1,5 @@
-//! What `#[transactional]` expands to: not part of the API.
+//! What `#[transactional]` expands to: not part of the API. One entry point, [`scope`], and
+//! the error-reading levels of [`Inspect`].
 //!
 //! The body of an annotated fn that is surely `Send` (the macro decides from the signature, or
 //! `send`) runs as a `Pin<Box<dyn Future + Send>>`, so that the type of its future does not
@@ -12,8 +13,9 @@ use std::pin::Pin;
 
 use crate::builder::Transactional;
 pub use crate::inspect::Facts;
-use crate::retry::{by_trait, retrying, RetryableError};
-pub use crate::scope::{Describe, Scope, ScopeResult};
+use crate::options::TxOptions;
+use crate::retry::{retrying, RetryableError};
+pub use crate::scope::{Describe, Results, Scope, ScopeResult};
 
 /// Reads a body's error as well as its type allows: the macro calls
 /// `(&&&&&&Inspect(error)).facts(text)`, which resolves, by autoref, to the first of
@@ -153,8 +155,162 @@ pub type Erased<'a, R> = Pin<Box<dyn Future<Output = R> + Send + 'a>>;
 /// The error type of an annotated fn's result.
 pub type ErrorOf<R> = <R as ScopeResult>::Error;
 
-/// What a scope without a `no_rollback_for` rule holds in the rule's place.
-pub type NoRule<R> = fn(&ErrorOf<R>) -> bool;
+/// Whether an error is worth another attempt (see `retry`).
+pub type Classify<R> = crate::scope::Classify<R>;
+
+/// The macro's one entry point: the scope of an annotated fn, from its builder (the options of
+/// its attribute), its body (one of [`SendBody`], [`LocalBody`], [`SendAttempts`],
+/// [`LocalAttempts`]) and the rest of its attribute ([`Spec`]). The fn's return type must be a
+/// [`ScopeResult`]: asked here once, so that a return type that is not a `Result` is one error,
+/// on this call (which the macro gives the return type's span).
+pub fn scope<'a, B, P>(tx: Transactional, body: B, spec: Spec<B::Output, P>) -> B::Scope
+where
+    B: Body<'a, P>,
+    B::Output: ScopeResult,
+    P: Fn(&ErrorOf<B::Output>) -> bool,
+{
+    body.into_scope(tx.into_options(), spec, Results::of())
+}
+
+/// What `#[transactional]` says besides its options and its body.
+pub struct Spec<R, P> {
+    /// `no_rollback_for`: the errors that commit.
+    pub rule: Option<P>,
+    /// Reads the body's error (see [`Inspect`]): its words, the database's error in it.
+    pub describe: Option<Describe<R>>,
+    /// With `retry`, for an error type that says itself whether it is worth another attempt
+    /// ([`by_trait`]); `None` otherwise.
+    pub classify: Option<Classify<R>>,
+}
+
+/// The classifier of an error type that implements [`RetryableError`]: what `retry` uses for a
+/// return type that does not read as a `Result` (whose error the describer cannot name).
+pub fn by_trait<R>() -> Classify<R>
+where
+    R: ScopeResult,
+    R::Error: RetryableError,
+{
+    crate::retry::by_trait()
+}
+
+/// An annotated fn's body, as the macro hands it to [`scope`]. A plain body's impls ask nothing of
+/// its output: [`scope`] does, once.
+pub trait Body<'a, P> {
+    /// What the fn returns.
+    type Output;
+    /// The future of its scope.
+    type Scope: Future<Output = Self::Output> + 'a;
+    /// The scope of this body, with `options`, `spec`, and `results` (how it reads its output).
+    fn into_scope(
+        self,
+        options: TxOptions,
+        spec: Spec<Self::Output, P>,
+        results: Results<Self::Output, P>,
+    ) -> Self::Scope;
+}
+
+/// A body that is surely `Send`, type-erased (see the module's docs).
+pub struct SendBody<F>(pub F);
+
+/// A body whose `Send`-ness is unknown where the macro expands (a generic fn, a method): it keeps
+/// its own type.
+pub struct LocalBody<F>(pub F);
+
+/// With `retry = N`: a `Send` body made anew for each attempt, and `N`.
+pub struct SendAttempts<M>(pub M, pub u32);
+
+/// [`SendAttempts`] of a body whose `Send`-ness is unknown.
+pub struct LocalAttempts<M>(pub M, pub u32);
+
+impl<'a, F, P> Body<'a, P> for SendBody<F>
+where
+    F: Future + Send + 'a,
+    P: 'a,
+{
+    type Output = F::Output;
+    type Scope = Scope<Erased<'a, F::Output>, P>;
+
+    fn into_scope(
+        self,
+        options: TxOptions,
+        spec: Spec<F::Output, P>,
+        results: Results<F::Output, P>,
+    ) -> Self::Scope {
+        let body: Erased<'a, F::Output> = Box::pin(self.0);
+        Scope::with_results(options, spec.rule, body, results).describing(spec.describe)
+    }
+}
+
+impl<'a, F, P> Body<'a, P> for LocalBody<F>
+where
+    F: Future + 'a,
+    P: 'a,
+{
+    type Output = F::Output;
+    type Scope = Scope<Boxed<F>, P>;
+
+    fn into_scope(
+        self,
+        options: TxOptions,
+        spec: Spec<F::Output, P>,
+        results: Results<F::Output, P>,
+    ) -> Self::Scope {
+        let body = Boxed(Box::pin(self.0));
+        Scope::with_results(options, spec.rule, body, results).describing(spec.describe)
+    }
+}
+
+impl<'a, M, Fut, P> Body<'a, P> for SendAttempts<M>
+where
+    M: FnMut() -> Fut + Send + 'a,
+    Fut: Future + Send + 'a,
+    Fut::Output: ScopeResult + Send,
+    P: Fn(&ErrorOf<Fut::Output>) -> bool + Send + Sync + 'a,
+{
+    type Output = Fut::Output;
+    type Scope = Erased<'a, Fut::Output>;
+
+    fn into_scope(
+        self,
+        options: TxOptions,
+        spec: Spec<Fut::Output, P>,
+        _: Results<Fut::Output, P>,
+    ) -> Self::Scope {
+        let SendAttempts(make, retries) = self;
+        let Spec {
+            rule,
+            describe,
+            classify,
+        } = spec;
+        Box::pin(retrying(options, retries, rule, describe, classify, make))
+    }
+}
+
+impl<'a, M, Fut, P> Body<'a, P> for LocalAttempts<M>
+where
+    M: FnMut() -> Fut + 'a,
+    Fut: Future + 'a,
+    Fut::Output: ScopeResult,
+    P: Fn(&ErrorOf<Fut::Output>) -> bool + 'a,
+{
+    type Output = Fut::Output;
+    type Scope = Pin<Box<dyn Future<Output = Fut::Output> + 'a>>;
+
+    fn into_scope(
+        self,
+        options: TxOptions,
+        spec: Spec<Fut::Output, P>,
+        _: Results<Fut::Output, P>,
+    ) -> Self::Scope {
+        let LocalAttempts(make, retries) = self;
+        let Spec {
+            rule,
+            describe,
+            classify,
+        } = spec;
+        Box::pin(retrying(options, retries, rule, describe, classify, make))
+    }
+}
 
 /// A boxed body: `Send` exactly when the body is (as a `Pin<Box<F>>` is).
 pub struct Boxed<F>(Pin<Box<F>>);
@@ -168,165 +324,4 @@ impl<F: Future> Future for Boxed<F> {
     ) -> std::task::Poll<F::Output> {
         self.0.as_mut().poll(cx)
     }
-}
-
-/// The scope of an annotated fn whose body is `Send`.
-///
-/// `describe` reads the body's error (see [`Inspect`]).
-pub fn send<'a, F>(
-    tx: Transactional,
-    describe: Option<Describe<F::Output>>,
-    body: F,
-) -> Scope<Erased<'a, F::Output>, NoRule<F::Output>>
-where
-    F: Future + Send + 'a,
-    F::Output: ScopeResult,
-{
-    let body: Erased<'a, F::Output> = Box::pin(body);
-    Scope::new(tx.into_options(), None, body).describing(describe)
-}
-
-/// [`send`], with a `no_rollback_for` rule.
-pub fn send_with_rule<'a, F, P>(
-    tx: Transactional,
-    commit_on: P,
-    describe: Option<Describe<F::Output>>,
-    body: F,
-) -> Scope<Erased<'a, F::Output>, P>
-where
-    F: Future + Send + 'a,
-    F::Output: ScopeResult,
-    P: Fn(&ErrorOf<F::Output>) -> bool,
-{
-    let body: Erased<'a, F::Output> = Box::pin(body);
-    Scope::new(tx.into_options(), Some(commit_on), body).describing(describe)
-}
-
-/// The scope of an annotated fn whose body may not be `Send`: it keeps its type.
-pub fn local<F>(
-    tx: Transactional,
-    describe: Option<Describe<F::Output>>,
-    body: F,
-) -> Scope<Boxed<F>, NoRule<F::Output>>
-where
-    F: Future,
-    F::Output: ScopeResult,
-{
-    Scope::new(tx.into_options(), None, Boxed(Box::pin(body))).describing(describe)
-}
-
-/// The scope of an annotated fn with `retry = N` whose body is `Send`: `make` makes the
-/// body of each attempt (see [`Transactional::retry`]); `describe` reads its error, which
-/// says whether the database refused the transaction for a concurrent one.
-pub fn send_retrying<'a, F, Fut, P>(
-    tx: Transactional,
-    retries: u32,
-    commit_on: Option<P>,
-    describe: Describe<Fut::Output>,
-    make: F,
-) -> Erased<'a, Fut::Output>
-where
-    F: FnMut() -> Fut + Send + 'a,
-    Fut: Future + Send + 'a,
-    Fut::Output: ScopeResult + Send,
-    P: Fn(&ErrorOf<Fut::Output>) -> bool + Send + Sync + 'a,
-{
-    Box::pin(retrying(
-        tx.into_options(),
-        retries,
-        commit_on,
-        Some(describe),
-        None,
-        make,
-    ))
-}
-
-/// [`send_retrying`] for a body that may not be `Send`.
-pub fn local_retrying<'a, F, Fut, P>(
-    tx: Transactional,
-    retries: u32,
-    commit_on: Option<P>,
-    describe: Describe<Fut::Output>,
-    make: F,
-) -> Pin<Box<dyn Future<Output = Fut::Output> + 'a>>
-where
-    F: FnMut() -> Fut + 'a,
-    Fut: Future + 'a,
-    Fut::Output: ScopeResult,
-    P: Fn(&ErrorOf<Fut::Output>) -> bool + 'a,
-{
-    Box::pin(retrying(
-        tx.into_options(),
-        retries,
-        commit_on,
-        Some(describe),
-        None,
-        make,
-    ))
-}
-
-/// [`send_retrying`] for a return type the macro cannot read (one that does not read as
-/// a `Result`): its error type says whether it is worth another attempt.
-pub fn send_retrying_by_trait<'a, F, Fut, P>(
-    tx: Transactional,
-    retries: u32,
-    commit_on: Option<P>,
-    make: F,
-) -> Erased<'a, Fut::Output>
-where
-    F: FnMut() -> Fut + Send + 'a,
-    Fut: Future + Send + 'a,
-    Fut::Output: ScopeResult + Send,
-    ErrorOf<Fut::Output>: RetryableError,
-    P: Fn(&ErrorOf<Fut::Output>) -> bool + Send + Sync + 'a,
-{
-    let classify = Some(by_trait::<Fut::Output>());
-    Box::pin(retrying(
-        tx.into_options(),
-        retries,
-        commit_on,
-        None,
-        classify,
-        make,
-    ))
-}
-
-/// [`send_retrying_by_trait`] for a body that may not be `Send`.
-pub fn local_retrying_by_trait<'a, F, Fut, P>(
-    tx: Transactional,
-    retries: u32,
-    commit_on: Option<P>,
-    make: F,
-) -> Pin<Box<dyn Future<Output = Fut::Output> + 'a>>
-where
-    F: FnMut() -> Fut + 'a,
-    Fut: Future + 'a,
-    Fut::Output: ScopeResult,
-    ErrorOf<Fut::Output>: RetryableError,
-    P: Fn(&ErrorOf<Fut::Output>) -> bool + 'a,
-{
-    let classify = Some(by_trait::<Fut::Output>());
-    Box::pin(retrying(
-        tx.into_options(),
-        retries,
-        commit_on,
-        None,
-        classify,
-        make,
-    ))
-}
-
-/// [`local`], with a `no_rollback_for` rule.
-pub fn local_with_rule<F, P>(
-    tx: Transactional,
-    commit_on: P,
-    describe: Option<Describe<F::Output>>,
-    body: F,
-) -> Scope<Boxed<F>, P>
-where
-    F: Future,
-    F::Output: ScopeResult,
-    P: Fn(&ErrorOf<F::Output>) -> bool,
-{
-    Scope::new(tx.into_options(), Some(commit_on), Boxed(Box::pin(body))).describing(describe)
 }

@@ -81,14 +81,15 @@ pub struct Scope<B: Future, P> {
 }
 
 /// How a scope reads its body's output and makes one of the library's errors.
-struct Results<R, P> {
+pub struct Results<R, P> {
     /// `None` for a success; for an error, whether the `no_rollback_for` rule commits it.
     exit: fn(&R, Option<&P>) -> Option<bool>,
     from_library: fn(Error) -> R,
 }
 
 impl<R: ScopeResult, P: Fn(&R::Error) -> bool> Results<R, P> {
-    fn of() -> Self {
+    /// The results of a scope whose body returns `R`, with a rule of type `P`.
+    pub fn of() -> Self {
         Results {
             exit: |output, rule| {
                 let error = output.error()?;
@@ -144,6 +145,19 @@ where
     P: Fn(&<B::Output as ScopeResult>::Error) -> bool,
 {
     pub(crate) fn new(options: TxOptions, rule: Option<P>, body: B) -> Self {
+        Scope::with_results(options, rule, body, Results::of())
+    }
+}
+
+impl<B: Future, P> Scope<B, P> {
+    /// A scope whose output is read by `results` (made where its type is known to be a
+    /// [`ScopeResult`]: see `__private::scope`).
+    pub(crate) fn with_results(
+        options: TxOptions,
+        rule: Option<P>,
+        body: B,
+        results: Results<B::Output, P>,
+    ) -> Self {
         Scope {
             options,
             attempt: None,
@@ -154,7 +168,7 @@ where
             output: None,
             panic: None,
             again: false,
-            results: Results::of(),
+            results,
         }
     }
 }
