@@ -188,6 +188,11 @@ where
         Some(env)
     }
 
+    /// The URL of this test's database (for a second process to reach it).
+    pub fn url(&self) -> String {
+        D::url(self._dir.path(), &self.table)
+    }
+
     /// Runs a statement on the observer connection (outside the library).
     pub async fn observe(&self, sql: String) {
         let mut conn = self.observer.acquire().await.expect("observer");

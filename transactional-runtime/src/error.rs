@@ -204,6 +204,22 @@ pub enum Error {
     /// A before-commit hook failed; the transaction was rolled back.
     #[error("a before-commit hook failed, so the transaction was rolled back: {0}")]
     BeforeCommit(#[source] BoxError),
+    /// `outbox::publish` was called with no transaction to store the event in.
+    #[cfg(feature = "outbox")]
+    #[error("outbox::publish on data source `{data_source}` found no transaction: an event is stored in the transaction whose work it announces, so that it is published if and only if that work commits; call it inside a #[transactional] scope (for an event of its own, wrap the call in one)")]
+    OutboxNeedsTransaction {
+        /// The data source the event was for.
+        data_source: String,
+    },
+    /// An event, or an outbox's table name, that the outbox cannot store.
+    #[cfg(feature = "outbox")]
+    #[error("invalid outbox {what}: {reason}")]
+    InvalidOutbox {
+        /// What was refused: `"topic"`, `"key"`, `"table name"`, `"payload"`.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The database rejected a statement run outside a transaction, or getting a connection failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

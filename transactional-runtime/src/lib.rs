@@ -58,6 +58,8 @@ mod builder;
 mod retry;
 
 // Built on the API.
+#[cfg(feature = "outbox")]
+pub mod outbox;
 pub mod testing;
 #[cfg(feature = "axum")]
 pub mod web;
