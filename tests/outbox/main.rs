@@ -7,6 +7,7 @@ mod common;
 
 mod broker;
 mod broker_down;
+mod cancellation;
 mod crash;
 mod relays;
 mod shapes;

@@ -83,4 +83,3 @@ outbox_test! {
         eprintln!("{} relays on {}: {stats:?}", stats.len(), D::NAME);
     }
 }
-
