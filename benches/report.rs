@@ -158,6 +158,11 @@ impl Report {
             }
             let _ = writeln!(md);
         }
+        // The outbox bench's section (benches/outbox.rs) stays, after this report.
+        let kept = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(at) = kept.find("<!-- outbox: benches/outbox.rs -->") {
+            md = format!("{}\n\n{}", md.trim_end(), &kept[at..]);
+        }
         std::fs::write(path, md).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         eprintln!("report written to {}", path.display());
     }

@@ -66,6 +66,8 @@
 //!   [`after_rollback`], [`after_completion`]).
 //! - [`testing`]: mock transactions out of unit tests, record them, capture hooks, and roll
 //!   back after an integration test.
+//! - `outbox` (feature `outbox`, `nats` for NATS JetStream): events written in the scope's
+//!   transaction and delivered by a relay once it commits, none lost, none doubled.
 #![deny(missing_docs)]
 
 /// Makes an async fn transactional; see the [crate docs](crate) and [`Transactional`].

@@ -174,3 +174,30 @@ outbox_test! {
         assert_eq!(w.broker.count().await, 2);
     }
 }
+
+outbox_test! {
+    /// A key the broker keeps refusing (its topic has no stream) holds back its own events
+    /// only, even when more of them are pending than a round claims: the others are delivered,
+    /// the refused ones stay pending, counted as failing.
+    async fn a_refused_key_holds_back_only_its_own(w: World<D>) {
+        let nowhere = format!("{}_nostream.events", w.broker.prefix);
+        let r: AppResult<()> = w.env.run(scope(Required).run(async {
+            for i in 0..150 {
+                w.outbox.publish(&nowhere, "refused", format!("r{i}").into_bytes()).await?;
+            }
+            for i in 0..5 {
+                w.publish(&format!("good-{i}"), &format!("g{i}")).await?;
+            }
+            Ok(())
+        })).await;
+        r.unwrap();
+        let relay = w.relay().batch_size(100).spawn();
+        let events = w.broker.wait_for(5, Duration::from_secs(20)).await;
+        assert_exactly(&events, &["g0", "g1", "g2", "g3", "g4"]);
+        let status = relay.status().await.unwrap();
+        assert_eq!(status.pending, 150);
+        assert!(status.failing >= 1, "{status:?}");
+        assert!(relay.stats().failed >= 1);
+        relay.shutdown().await;
+    }
+}

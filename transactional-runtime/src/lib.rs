@@ -9,6 +9,8 @@
 //! - [`Propagation`], [`Isolation`], [`TxOptions`]: what a scope asks for.
 //! - [`Error`]: everything that can go wrong, convertible into your error type with `From`.
 //! - [`testing`]: mock transactions out, record them, capture hooks, roll back after a test.
+//! - `outbox` (feature `outbox`): events stored in the scope's transaction, delivered to a
+//!   broker (NATS JetStream with the feature `nats`) once it commits.
 //!
 //! The current transaction travels with the task (a tokio task-local): futures joined or
 //! selected inside a scope share it, while a `tokio::spawn`ed task starts with none.

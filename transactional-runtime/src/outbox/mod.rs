@@ -25,7 +25,7 @@
 //! docs/SEMANTICS.md ("Outbox") has the rules in full: delivery, ordering, retention, failure.
 //!
 //! ```no_run
-//! # #[cfg(feature = "nats")]
+//! # // Needs the features `nats` and `sqlite`.
 //! # async fn example() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use transactional_runtime::outbox::{self, JetStream, Outbox};
 //! use transactional_runtime::Transactional;

@@ -1,8 +1,9 @@
 //! The relay: rounds of delivery, woken by commits and by a poll, backing off while the
 //! broker refuses.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -10,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::publish::now_ms;
-use super::round::{self, Plan};
+use super::round::{self, Keys, Plan};
 use super::sink::Sink;
 use super::store::{OutboxPool, OutboxStatus, Store};
 use super::{wake, Outbox};
@@ -108,7 +109,21 @@ pub struct Relay<S> {
     backoff: (Duration, Duration),
     send_timeout: Duration,
     retention: Retention,
+    /// Keys whose event failed: left out of claims until their backoff has passed, so that a
+    /// key the broker keeps refusing (a topic no stream takes, a message too large) holds back
+    /// its own events only.
+    failing: Mutex<HashMap<String, KeyBackoff>>,
 }
+
+/// A failing key's backoff.
+#[derive(Debug, Clone, Copy)]
+struct KeyBackoff {
+    until: Instant,
+    next: Duration,
+}
+
+/// The most failing keys one claim leaves out (the others are tried, and fail again).
+const MAX_SKIPPED_KEYS: usize = 1000;
 
 impl<S> std::fmt::Debug for Relay<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,6 +151,7 @@ impl<S: Sink> Relay<S> {
             backoff: (Duration::from_millis(100), Duration::from_secs(30)),
             send_timeout: Duration::from_secs(30),
             retention: Retention::Delete,
+            failing: Mutex::default(),
         }
     }
 
@@ -190,12 +206,14 @@ impl<S: Sink> Relay<S> {
     /// broker acknowledged. Fails only on the database; the broker's refusals are counted in
     /// [`Round::failed`].
     pub async fn run_once(&self) -> Result<Round, Error> {
+        let skip = self.failing_keys();
         let plan = Plan {
             table: self.outbox.table(),
             origin: self.origin.as_deref().unwrap_or(self.outbox.table()),
             batch_size: self.batch_size,
             send_timeout: self.send_timeout,
             keep: matches!(self.retention, Retention::Keep(_)),
+            skip: &skip,
         };
         let span = tracing::debug_span!(
             target: crate::TARGET,
@@ -205,13 +223,49 @@ impl<S: Sink> Relay<S> {
             delivered = tracing::field::Empty,
             failed = tracing::field::Empty,
         );
-        let round = round::run(&*self.store, &*self.sink, &plan)
+        let (round, keys) = round::run(&*self.store, &*self.sink, &plan)
             .instrument(span.clone())
             .await?;
         span.record("claimed", round.claimed);
         span.record("delivered", round.delivered);
         span.record("failed", round.failed);
+        self.note(keys);
         Ok(round)
+    }
+
+    /// The keys still backing off.
+    fn failing_keys(&self) -> Vec<String> {
+        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        failing
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(key, _)| key.clone())
+            .take(MAX_SKIPPED_KEYS)
+            .collect()
+    }
+
+    /// Backs off from the keys that failed (doubling each time), forgets those delivered.
+    fn note(&self, keys: Keys) {
+        if keys.failed.is_empty() && self.failing.lock().map_or(true, |f| f.is_empty()) {
+            return;
+        }
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        for key in &keys.delivered {
+            failing.remove(key);
+        }
+        let (min, max) = self.backoff;
+        let now = Instant::now();
+        for key in keys.failed {
+            let next = failing.get(&key).map_or(min, |b| (b.next * 2).min(max));
+            failing.insert(
+                key,
+                KeyBackoff {
+                    until: now + next,
+                    next,
+                },
+            );
+        }
     }
 
     /// Deletes delivered rows older than the [`Retention::Keep`] period (nothing under
@@ -247,6 +301,8 @@ impl<S: Sink> Relay<S> {
     async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>, counters: Arc<Counters>) {
         let wake = wake::listen(self.outbox.table());
         let mut backoff = self.backoff.0;
+        // Rounds in a row in which the broker took nothing.
+        let mut refused = 0;
         let mut purged = Instant::now() - Duration::from_secs(60);
         while !*stopped.borrow() {
             if purged.elapsed() >= Duration::from_secs(60) {
@@ -258,18 +314,7 @@ impl<S: Sink> Relay<S> {
             let wait = match self.run_once().await {
                 Ok(round) => {
                     counters.add(&round);
-                    if round.failed > 0 {
-                        Some(next_backoff(&mut backoff, self.backoff.1))
-                    } else {
-                        backoff = self.backoff.0;
-                        if round.claimed == self.batch_size && round.delivered > 0 {
-                            None // more may be waiting
-                        } else if round.held_back > 0 {
-                            Some(self.backoff.0) // another relay holds earlier events of a key
-                        } else {
-                            Some(self.poll_interval)
-                        }
-                    }
+                    self.after(&round, &mut backoff, &mut refused)
                 }
                 Err(error) => {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +328,27 @@ impl<S: Sink> Relay<S> {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped.changed() => {}
             }
+        }
+    }
+}
+
+impl<S: Sink> Relay<S> {
+    /// How long to wait after `round` before the next one (`None`: at once).
+    fn after(&self, round: &Round, backoff: &mut Duration, refused: &mut u32) -> Option<Duration> {
+        if round.failed > 0 && round.delivered == 0 {
+            *refused += 1;
+            // Once, at once: the keys that failed are left out of the next claim, which shows
+            // whether other keys go through. Twice: the broker is down, or refuses everything.
+            return (*refused > 1).then(|| next_backoff(backoff, self.backoff.1));
+        }
+        *refused = 0;
+        *backoff = self.backoff.0;
+        if round.failed > 0 || (round.claimed == self.batch_size && round.delivered > 0) {
+            None // more may be waiting (the failed keys are left out)
+        } else if round.held_back > 0 {
+            Some(self.backoff.0) // another relay holds earlier events of a key
+        } else {
+            Some(self.poll_interval)
         }
     }
 }

@@ -16,6 +16,8 @@ pub(super) struct Plan<'a> {
     pub batch_size: usize,
     pub send_timeout: Duration,
     pub keep: bool,
+    /// Keys whose last send failed, left alone until their backoff has passed.
+    pub skip: &'a [String],
 }
 
 /// Claims up to a batch of rows, sends them and marks them. Dropped half-way, it leaves every
@@ -25,9 +27,9 @@ pub(super) async fn run<S: Sink>(
     store: &dyn Store,
     sink: &S,
     plan: &Plan<'_>,
-) -> Result<Round, Error> {
+) -> Result<(Round, Keys), Error> {
     let claim = store
-        .claim(plan.table, plan.batch_size, plan.origin)
+        .claim(plan.table, plan.batch_size, plan.origin, plan.skip)
         .await?;
     let mut round = Round {
         claimed: claim.claimed(),
@@ -36,6 +38,7 @@ pub(super) async fn run<S: Sink>(
     };
     let mut delivered = Vec::with_capacity(claim.sendable().len());
     let mut failed = Vec::new();
+    let (mut delivered_keys, mut failed_keys) = (Vec::new(), Vec::new());
     let mut waves = Waves::of(claim.sendable());
     while let Some(wave) = waves.next() {
         let results = send(sink, &wave, plan.send_timeout).await;
@@ -43,6 +46,7 @@ pub(super) async fn run<S: Sink>(
             match result {
                 Ok(accepted) => {
                     delivered.push(message.id());
+                    delivered_keys.push(message.key().to_owned());
                     if accepted == Accepted::Duplicate {
                         round.duplicates += 1;
                     }
@@ -59,6 +63,7 @@ pub(super) async fn run<S: Sink>(
                     );
                     round.held_back += waves.hold_back(message.key());
                     failed.push((message.id(), error.to_string()));
+                    failed_keys.push(message.key().to_owned());
                 }
             }
         }
@@ -66,7 +71,20 @@ pub(super) async fn run<S: Sink>(
     round.delivered = delivered.len();
     round.failed = failed.len();
     claim.finish(&delivered, &failed, plan.keep).await?;
-    Ok(round)
+    let keys = Keys {
+        delivered: delivered_keys,
+        failed: failed_keys,
+    };
+    Ok((round, keys))
+}
+
+/// What a round did per key, for the relay's backoff per key.
+#[derive(Default)]
+pub(super) struct Keys {
+    /// Keys of the events the broker took.
+    pub delivered: Vec<String>,
+    /// Keys whose event failed (their later events were held back).
+    pub failed: Vec<String>,
 }
 
 /// The sink's results for `wave`, or a timeout error for each message once `timeout` has

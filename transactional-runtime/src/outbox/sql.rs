@@ -76,16 +76,21 @@ pub(super) fn insert(table: &str) -> String {
     format!("INSERT INTO {table} (topic, msg_key, payload, created_at) VALUES (")
 }
 
-/// The oldest `limit` pending rows. On PostgreSQL and MySQL they are locked for the claiming
-/// transaction, skipping rows another relay holds; SQLite has one writer and no row locks.
-pub(super) fn claim(dialect: Dialect, table: &str, limit: usize) -> String {
+/// The start of the query for the oldest pending rows: `AND msg_key NOT IN (…)` may follow
+/// (keys the relay is backing off from), then [`claim_end`].
+pub(super) fn claim(table: &str) -> String {
+    format!("SELECT {COLUMNS} FROM {table} WHERE delivered_at IS NULL")
+}
+
+/// The end of [`claim`]: the oldest `limit` rows. On PostgreSQL and MySQL they are locked for
+/// the claiming transaction, skipping rows another relay holds; SQLite has one writer and no
+/// row locks.
+pub(super) fn claim_end(dialect: Dialect, limit: usize) -> String {
     let lock = match dialect {
         Dialect::Postgres | Dialect::MySql => " FOR UPDATE SKIP LOCKED",
         Dialect::Sqlite => "",
     };
-    format!(
-        "SELECT {COLUMNS} FROM {table} WHERE delivered_at IS NULL ORDER BY id LIMIT {limit}{lock}"
-    )
+    format!(" ORDER BY id LIMIT {limit}{lock}")
 }
 
 /// The statement a relay's claiming transaction begins with: READ COMMITTED, so that each

@@ -52,12 +52,14 @@ pub struct OutboxStatus {
 pub trait Store: Send + Sync {
     fn create<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     fn status<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<OutboxStatus, sqlx::Error>>;
-    /// Claims up to `limit` pending rows for one round of a relay.
+    /// Claims up to `limit` pending rows for one round of a relay, none of the keys in
+    /// `skip`.
     fn claim<'a>(
         &'a self,
         table: &'a str,
         limit: usize,
         origin: &'a str,
+        skip: &'a [String],
     ) -> BoxFuture<'a, Result<Box<dyn Claim + 'a>, sqlx::Error>>;
     /// Deletes delivered rows older than `before_ms`.
     fn purge<'a>(
@@ -90,18 +92,20 @@ pub trait Claim: Send {
 struct PoolStore<DB: Database> {
     pool: Pool<DB>,
     dialect: Dialect,
-    /// SQLite's relays in this process take turns on a table (no row locks to claim with).
-    turns: bool,
+    /// SQLite: the database file, whose relays in this process take turns on a table (no row
+    /// locks to claim with).
+    turns: Option<String>,
 }
 
 macro_rules! outbox_pool {
-    ($feature:literal, $db:ty, $dialect:expr, $turns:expr) => {
+    ($feature:literal, $db:ty, $dialect:expr, |$pool:ident| $turns:expr) => {
         #[cfg(feature = $feature)]
         impl OutboxPool for Pool<$db> {}
 
         #[cfg(feature = $feature)]
         impl sealed::Sealed for Pool<$db> {
             fn store(&self) -> Arc<dyn Store> {
+                let $pool = self;
                 Arc::new(PoolStore {
                     pool: self.clone(),
                     dialect: $dialect,
@@ -112,9 +116,11 @@ macro_rules! outbox_pool {
     };
 }
 
-outbox_pool!("postgres", sqlx::Postgres, Dialect::Postgres, false);
-outbox_pool!("mysql", sqlx::MySql, Dialect::MySql, false);
-outbox_pool!("sqlite", sqlx::Sqlite, Dialect::Sqlite, true);
+outbox_pool!("postgres", sqlx::Postgres, Dialect::Postgres, |_pool| None);
+outbox_pool!("mysql", sqlx::MySql, Dialect::MySql, |_pool| None);
+outbox_pool!("sqlite", sqlx::Sqlite, Dialect::Sqlite, |pool| Some(
+    pool.connect_options().get_filename().display().to_string()
+));
 
 /// One lock per SQLite table a relay of this process works on, by database file and table.
 static TURNS: Lazy<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Lazy::new(Mutex::default);
@@ -170,11 +176,12 @@ where
         table: &'a str,
         limit: usize,
         origin: &'a str,
+        skip: &'a [String],
     ) -> BoxFuture<'a, Result<Box<dyn Claim + 'a>, sqlx::Error>> {
         Box::pin(async move {
-            let turn = match self.turns {
-                true => Some(self.turn(table).lock_owned().await),
-                false => None,
+            let turn = match &self.turns {
+                Some(file) => Some(turn(file, table).lock_owned().await),
+                None => None,
             };
             let mut tx = match sql::begin_claim(self.dialect) {
                 Some(begin) => {
@@ -190,10 +197,20 @@ where
                 }
                 None => None,
             };
-            let claim = AssertSqlSafe(sql::claim(self.dialect, table, limit));
+            let mut claim = QueryBuilder::<DB>::new(sql::claim(table));
+            if !skip.is_empty() {
+                claim.push(" AND msg_key NOT IN (");
+                let mut keys = claim.separated(", ");
+                for key in skip {
+                    keys.push_bind(key.clone());
+                }
+                claim.push(")");
+            }
+            claim.push(sql::claim_end(self.dialect, limit));
+            let claim = claim.build_query_as::<PendingRow>();
             let rows: Vec<PendingRow> = match tx.as_mut() {
-                Some(tx) => sqlx::query_as(claim).fetch_all(tx.conn()).await?,
-                None => sqlx::query_as(claim).fetch_all(&self.pool).await?,
+                Some(tx) => claim.fetch_all(tx.conn()).await?,
+                None => claim.fetch_all(&self.pool).await?,
             };
             let claimed = rows.len();
             let mut messages: Vec<Message> = rows
@@ -230,12 +247,10 @@ where
     }
 }
 
-impl<DB: Database> PoolStore<DB> {
-    fn turn(&self, table: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let file = format!("{:?}", self.pool.connect_options());
-        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
-        turns.entry(format!("{table} {file}")).or_default().clone()
-    }
+/// The turn of the relays of this process on `table` in the SQLite database `file`.
+fn turn(file: &str, table: &str) -> Arc<tokio::sync::Mutex<()>> {
+    let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+    turns.entry(format!("{table} {file}")).or_default().clone()
 }
 
 /// For each key among `messages`, the first pending row of it that is not among them: the
