@@ -199,7 +199,10 @@ where
     let settle = || std::thread::sleep(Duration::from_millis(100));
     let mut out = Vec::new();
     for side in [Side::Sqlx, Side::PlainInsert, Side::Publish] {
-        rt.block_on(db.write(side));
+        // Every connection of the pool (4) has prepared the side's statements.
+        for _ in 0..8 {
+            rt.block_on(db.write(side));
+        }
         settle();
         counts.take();
         rt.block_on(db.write(side));
