@@ -278,8 +278,11 @@ where
         }
     };
     // The events the cost measurement wrote have no stream: not part of this.
-    rt.block_on(db.pool.execute(AssertSqlSafe(format!("DELETE FROM {}", db.outbox.table()))))
-        .unwrap();
+    rt.block_on(
+        db.pool
+            .execute(AssertSqlSafe(format!("DELETE FROM {}", db.outbox.table()))),
+    )
+    .unwrap();
     let mut figures = [0.0; 3];
     for (slot, relays) in [(0usize, 1usize), (1, 3)] {
         rt.block_on(async {

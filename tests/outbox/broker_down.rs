@@ -16,6 +16,9 @@ where
     for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
     sqlx::Pool<D::DB>: OutboxPool,
 {
+    if crate::nats_skipped("broker_down") {
+        return;
+    }
     let Some(env) = Env::<D>::new("broker_down").await else {
         return;
     };

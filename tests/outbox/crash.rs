@@ -243,6 +243,9 @@ where
     for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
     sqlx::Pool<D::DB>: OutboxPool,
 {
+    if crate::nats_skipped("killed_process") {
+        return;
+    }
     let Some(env) = Env::<D>::new("killed_process").await else {
         return;
     };

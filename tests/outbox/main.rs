@@ -1,6 +1,8 @@
 //! The outbox, end to end: events published in scopes on PostgreSQL, MariaDB/MySQL and SQLite,
 //! relayed to a real NATS JetStream server (docs/SEMANTICS.md, "Outbox"). Each test has its own
-//! table, outbox table and stream.
+//! table, outbox table and stream. The server: `TEST_NATS_URL` (default
+//! `nats://127.0.0.1:4222`, JetStream on; the broker-down test starts `nats-server` of its
+//! own). `TRANSACTIONAL_TEST_SKIP=nats` skips these on a machine without it; CI never does.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -19,6 +21,17 @@ use transactional::outbox::{JetStream, Outbox, OutboxPool, Relay};
 use crate::broker::Broker;
 use crate::common::{Env, TestDb};
 
+/// Whether `TRANSACTIONAL_TEST_SKIP` names `nats` (for a local machine without a NATS
+/// server; CI never sets it).
+pub fn nats_skipped(test: &str) -> bool {
+    let skipped = std::env::var("TRANSACTIONAL_TEST_SKIP")
+        .is_ok_and(|v| v.split(',').any(|s| s.trim() == "nats"));
+    if skipped {
+        eprintln!("skipping {test}: TRANSACTIONAL_TEST_SKIP names nats");
+    }
+    skipped
+}
+
 /// A test's world: its database (`env`), its outbox table and its stream.
 pub struct World<D: TestDb> {
     pub env: Env<D>,
@@ -32,6 +45,9 @@ where
     sqlx::Pool<D::DB>: OutboxPool,
 {
     pub async fn new(test: &str) -> Option<World<D>> {
+        if nats_skipped(test) {
+            return None;
+        }
         let env = Env::<D>::new(test).await?;
         let world = World::on(env, Broker::new(test).await).await;
         Some(world)
