@@ -134,6 +134,213 @@ where
             }
         }
     }
+
+    /// Interleaved blocks of the three sides: µs per call of each (medians), and the medians of
+    /// the per-round ratios publish / plain INSERT and publish / hand-written.
+    fn interleaved(&'static self, rt: &tokio::runtime::Runtime) -> [f64; 5] {
+        let block = |calls: usize, side: Side| {
+            let started = Instant::now();
+            for _ in 0..calls {
+                rt.block_on(self.write(side));
+            }
+            started.elapsed().as_secs_f64() / calls as f64
+        };
+        let calls = ((BLOCK.as_secs_f64() / block(20, Side::Publish)) as usize).clamp(5, 5_000);
+        let sides = [Side::Sqlx, Side::PlainInsert, Side::Publish];
+        let mut times: [Vec<f64>; 3] = Default::default();
+        let (mut vs_plain, mut vs_sqlx) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let mut t = [0.0; 3];
+            for i in 0..3 {
+                let i = (i + round) % 3; // rotate which side goes first
+                t[i] = block(calls, sides[i]);
+            }
+            vs_plain.push(t[2] / t[1]);
+            vs_sqlx.push(t[2] / t[0]);
+            for i in 0..3 {
+                times[i].push(t[i] * 1e6);
+            }
+        }
+        let [a, b, c] = times.map(median);
+        [a, b, c, median(vs_plain), median(vs_sqlx)]
+    }
+
+    /// Statements and round trips of one call of each side, through the counting proxy.
+    fn counted(&'static self, rt: &tokio::runtime::Runtime, counts: &Counts) -> String {
+        let settle = || std::thread::sleep(Duration::from_millis(100));
+        let mut out = Vec::new();
+        for side in [Side::Sqlx, Side::PlainInsert, Side::Publish] {
+            // Every connection of the pool (4) has prepared the side's statements.
+            for _ in 0..8 {
+                rt.block_on(self.write(side));
+            }
+            settle();
+            counts.take();
+            rt.block_on(self.write(side));
+            settle();
+            let (statements, trips) = counts.take();
+            out.push(format!("{statements} / {trips}"));
+        }
+        out.join(" · ")
+    }
+
+    /// Events per second: `events` pending events drained by `relays` relays, and `events`
+    /// one-event transactions committed by 4 writers while one relay runs (from the first commit
+    /// until the stream holds them all).
+    fn throughput(
+        &'static self,
+        rt: &tokio::runtime::Runtime,
+        js: &jetstream::Context,
+    ) -> [f64; 3] {
+        const EVENTS: usize = 10_000;
+        let stream_name = format!("BENCH_OUTBOX_{}", self.name.to_uppercase());
+        let subject = format!("bench_outbox_{}", self.name);
+        let stored = |js: jetstream::Context| {
+            let name = stream_name.clone();
+            async move {
+                js.get_stream(&name)
+                    .await
+                    .unwrap()
+                    .info()
+                    .await
+                    .unwrap()
+                    .state
+                    .messages
+            }
+        };
+        let fresh_stream = || {
+            let (js, name, subject) = (js.clone(), stream_name.clone(), subject.clone());
+            async move {
+                let _ = js.delete_stream(&name).await;
+                js.create_stream(stream::Config {
+                    name,
+                    subjects: vec![format!("{subject}.>")],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+        };
+        let commit = |n: usize, key: usize| {
+            let subject = subject.clone();
+            async move {
+                Transactional::new()
+                    .data_source(self.source)
+                    .run(async {
+                        self.outbox
+                            .publish(
+                                &format!("{subject}.events"),
+                                &format!("k{key}"),
+                                format!("{n}").into_bytes(),
+                            )
+                            .await
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        // The events the cost measurement wrote have no stream: not part of this.
+        rt.block_on(self.pool.execute(AssertSqlSafe(format!(
+            "DELETE FROM {}",
+            self.outbox.table()
+        ))))
+        .unwrap();
+        let mut figures = [0.0; 3];
+        for (slot, relays) in [(0usize, 1usize), (1, 3)] {
+            rt.block_on(async {
+                fresh_stream().await;
+                for chunk in 0..EVENTS / 100 {
+                    Transactional::new()
+                        .data_source(self.source)
+                        .run(async {
+                            for i in 0..100 {
+                                let n = chunk * 100 + i;
+                                self.outbox
+                                    .publish(
+                                        &format!("{subject}.events"),
+                                        &format!("k{}", n % 50),
+                                        format!("{n}").into_bytes(),
+                                    )
+                                    .await?;
+                            }
+                            Ok::<_, transactional::Error>(())
+                        })
+                        .await
+                        .unwrap();
+                }
+                let started = Instant::now();
+                let handles: Vec<_> = (0..relays)
+                    .map(|_| {
+                        self.outbox
+                            .relay(self.pool.clone(), JetStream::new(js.clone()))
+                            .spawn()
+                    })
+                    .collect();
+                while stored(js.clone()).await < EVENTS as u64 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                figures[slot] = EVENTS as f64 / started.elapsed().as_secs_f64();
+                for h in handles {
+                    h.shutdown().await;
+                }
+            });
+        }
+        rt.block_on(async {
+            fresh_stream().await;
+            let relay = self
+                .outbox
+                .relay(self.pool.clone(), JetStream::new(js.clone()))
+                .spawn();
+            let started = Instant::now();
+            let writers = (0..4).map(|w| async move {
+                for i in 0..EVENTS / 4 {
+                    commit(w * EVENTS + i, w * 10 + i % 10).await;
+                }
+            });
+            futures_util::future::join_all(writers).await;
+            while stored(js.clone()).await < EVENTS as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            figures[2] = EVENTS as f64 / started.elapsed().as_secs_f64();
+            relay.shutdown().await;
+            let _ = js.delete_stream(&stream_name).await;
+        });
+        figures
+    }
+
+    /// One database's line of each table.
+    fn measure(
+        &'static self,
+        c: &mut Criterion,
+        rt: &tokio::runtime::Runtime,
+        statements: String,
+        js: &jetstream::Context,
+        md: &mut (String, String),
+    ) {
+        let [sqlx_us, plain_us, publish_us, vs_plain, vs_sqlx] = self.interleaved(rt);
+        eprintln!("outbox.{}: publish {publish_us:.1} us, plain INSERT {plain_us:.1} us, by hand {sqlx_us:.1} us", self.name);
+        let mut group = c.benchmark_group(format!("outbox.{}", self.name));
+        group.bench_function("sqlx", |t| t.to_async(rt).iter(|| self.write(Side::Sqlx)));
+        group.bench_function("plain_insert", |t| {
+            t.to_async(rt).iter(|| self.write(Side::PlainInsert))
+        });
+        group.bench_function("publish", |t| {
+            t.to_async(rt).iter(|| self.write(Side::Publish))
+        });
+        group.finish();
+        let _ = writeln!(
+            md.0,
+            "| {} | {vs_plain:.3} | {vs_sqlx:.3} | {sqlx_us:.1} | {plain_us:.1} | {publish_us:.1} | {statements} |",
+            self.name
+        );
+        let [one, three, end_to_end] = self.throughput(rt, js);
+        eprintln!("outbox.{}: drain {one:.0}/s (1 relay), {three:.0}/s (3 relays); end to end {end_to_end:.0}/s", self.name);
+        let _ = writeln!(
+            md.1,
+            "| {} | {one:.0} | {three:.0} | {end_to_end:.0} |",
+            self.name
+        );
+    }
 }
 
 const PAYLOAD: &[u8] = br#"{"order":1,"sku":"book","qty":2}"#;
@@ -141,209 +348,9 @@ const PAYLOAD: &[u8] = br#"{"order":1,"sku":"book","qty":2}"#;
 const ROUNDS: usize = 15;
 const BLOCK: Duration = Duration::from_millis(100);
 
-/// Interleaved blocks of the three sides: µs per call of each (medians), and the medians of
-/// the per-round ratios publish / plain INSERT and publish / hand-written.
-fn interleaved<DB>(rt: &tokio::runtime::Runtime, db: &'static Db<DB>) -> [f64; 5]
-where
-    DB: Database,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    Pool<DB>: OutboxPool + Clone,
-{
-    let block = |calls: usize, side: Side| {
-        let started = Instant::now();
-        for _ in 0..calls {
-            rt.block_on(db.write(side));
-        }
-        started.elapsed().as_secs_f64() / calls as f64
-    };
-    let calls = ((BLOCK.as_secs_f64() / block(20, Side::Publish)) as usize).clamp(5, 5_000);
-    let sides = [Side::Sqlx, Side::PlainInsert, Side::Publish];
-    let mut times: [Vec<f64>; 3] = Default::default();
-    let (mut vs_plain, mut vs_sqlx) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let mut t = [0.0; 3];
-        for i in 0..3 {
-            let i = (i + round) % 3; // rotate which side goes first
-            t[i] = block(calls, sides[i]);
-        }
-        vs_plain.push(t[2] / t[1]);
-        vs_sqlx.push(t[2] / t[0]);
-        for i in 0..3 {
-            times[i].push(t[i] * 1e6);
-        }
-    }
-    let [a, b, c] = times.map(median);
-    [a, b, c, median(vs_plain), median(vs_sqlx)]
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// Statements and round trips of one call of each side, through the counting proxy.
-fn counted<DB>(rt: &tokio::runtime::Runtime, db: &'static Db<DB>, counts: &Counts) -> String
-where
-    DB: Database,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    Pool<DB>: OutboxPool + Clone,
-{
-    let settle = || std::thread::sleep(Duration::from_millis(100));
-    let mut out = Vec::new();
-    for side in [Side::Sqlx, Side::PlainInsert, Side::Publish] {
-        // Every connection of the pool (4) has prepared the side's statements.
-        for _ in 0..8 {
-            rt.block_on(db.write(side));
-        }
-        settle();
-        counts.take();
-        rt.block_on(db.write(side));
-        settle();
-        let (statements, trips) = counts.take();
-        out.push(format!("{statements} / {trips}"));
-    }
-    out.join(" · ")
-}
-
-/// Events per second: `events` pending events drained by `relays` relays, and `events`
-/// one-event transactions committed by 4 writers while one relay runs (from the first commit
-/// until the stream holds them all).
-fn throughput<DB>(
-    rt: &tokio::runtime::Runtime,
-    db: &'static Db<DB>,
-    js: &jetstream::Context,
-) -> [f64; 3]
-where
-    DB: Database,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    Pool<DB>: OutboxPool + Clone,
-{
-    const EVENTS: usize = 10_000;
-    let stream_name = format!("BENCH_OUTBOX_{}", db.name.to_uppercase());
-    let subject = format!("bench_outbox_{}", db.name);
-    let stored = |js: jetstream::Context| {
-        let name = stream_name.clone();
-        async move {
-            js.get_stream(&name)
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .messages
-        }
-    };
-    let fresh_stream = || {
-        let (js, name, subject) = (js.clone(), stream_name.clone(), subject.clone());
-        async move {
-            let _ = js.delete_stream(&name).await;
-            js.create_stream(stream::Config {
-                name,
-                subjects: vec![format!("{subject}.>")],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        }
-    };
-    let commit = |n: usize, key: usize| {
-        let subject = subject.clone();
-        async move {
-            Transactional::new()
-                .data_source(db.source)
-                .run(async {
-                    db.outbox
-                        .publish(
-                            &format!("{subject}.events"),
-                            &format!("k{key}"),
-                            format!("{n}").into_bytes(),
-                        )
-                        .await
-                })
-                .await
-                .unwrap()
-        }
-    };
-    // The events the cost measurement wrote have no stream: not part of this.
-    rt.block_on(
-        db.pool
-            .execute(AssertSqlSafe(format!("DELETE FROM {}", db.outbox.table()))),
-    )
-    .unwrap();
-    let mut figures = [0.0; 3];
-    for (slot, relays) in [(0usize, 1usize), (1, 3)] {
-        rt.block_on(async {
-            fresh_stream().await;
-            for chunk in 0..EVENTS / 100 {
-                Transactional::new()
-                    .data_source(db.source)
-                    .run(async {
-                        for i in 0..100 {
-                            let n = chunk * 100 + i;
-                            db.outbox
-                                .publish(
-                                    &format!("{subject}.events"),
-                                    &format!("k{}", n % 50),
-                                    format!("{n}").into_bytes(),
-                                )
-                                .await?;
-                        }
-                        Ok::<_, transactional::Error>(())
-                    })
-                    .await
-                    .unwrap();
-            }
-            let started = Instant::now();
-            let handles: Vec<_> = (0..relays)
-                .map(|_| {
-                    db.outbox
-                        .relay(db.pool.clone(), JetStream::new(js.clone()))
-                        .spawn()
-                })
-                .collect();
-            while stored(js.clone()).await < EVENTS as u64 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            figures[slot] = EVENTS as f64 / started.elapsed().as_secs_f64();
-            for h in handles {
-                h.shutdown().await;
-            }
-        });
-    }
-    rt.block_on(async {
-        fresh_stream().await;
-        let relay = db
-            .outbox
-            .relay(db.pool.clone(), JetStream::new(js.clone()))
-            .spawn();
-        let started = Instant::now();
-        let writers = (0..4).map(|w| async move {
-            for i in 0..EVENTS / 4 {
-                commit(w * EVENTS + i, w * 10 + i % 10).await;
-            }
-        });
-        futures_util::future::join_all(writers).await;
-        while stored(js.clone()).await < EVENTS as u64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        figures[2] = EVENTS as f64 / started.elapsed().as_secs_f64();
-        relay.shutdown().await;
-        let _ = js.delete_stream(&stream_name).await;
-    });
-    figures
 }
 
 fn url(var: &str, default: &str) -> String {
@@ -389,48 +396,6 @@ fn proxied(url: &str, port: u16) -> String {
     )
 }
 
-/// One database's line of each table.
-fn measure<DB>(
-    c: &mut Criterion,
-    rt: &tokio::runtime::Runtime,
-    db: &'static Db<DB>,
-    statements: String,
-    js: &jetstream::Context,
-    md: &mut (String, String),
-) where
-    DB: Database,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    Pool<DB>: OutboxPool + Clone,
-{
-    let [sqlx_us, plain_us, publish_us, vs_plain, vs_sqlx] = interleaved(rt, db);
-    eprintln!("outbox.{}: publish {publish_us:.1} us, plain INSERT {plain_us:.1} us, by hand {sqlx_us:.1} us", db.name);
-    let mut group = c.benchmark_group(format!("outbox.{}", db.name));
-    group.bench_function("sqlx", |t| t.to_async(rt).iter(|| db.write(Side::Sqlx)));
-    group.bench_function("plain_insert", |t| {
-        t.to_async(rt).iter(|| db.write(Side::PlainInsert))
-    });
-    group.bench_function("publish", |t| {
-        t.to_async(rt).iter(|| db.write(Side::Publish))
-    });
-    group.finish();
-    let _ = writeln!(
-        md.0,
-        "| {} | {vs_plain:.3} | {vs_sqlx:.3} | {sqlx_us:.1} | {plain_us:.1} | {publish_us:.1} | {statements} |",
-        db.name
-    );
-    let [one, three, end_to_end] = throughput(rt, db, js);
-    eprintln!("outbox.{}: drain {one:.0}/s (1 relay), {three:.0}/s (3 relays); end to end {end_to_end:.0}/s", db.name);
-    let _ = writeln!(
-        md.1,
-        "| {} | {one:.0} | {three:.0} | {end_to_end:.0} |",
-        db.name
-    );
-}
-
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -455,54 +420,54 @@ fn benches(c: &mut Criterion) {
         let db = rt.block_on(async {
             Db::new("sqlite", "", pool::<sqlx::Sqlite>(&sqlite_url, 8).await).await
         });
-        measure(
-            c,
-            &rt,
-            Box::leak(Box::new(db)),
-            "– (in-process)".into(),
-            &js,
-            &mut md,
-        );
+        let db: &'static Db<_> = Box::leak(Box::new(db));
+        db.measure(c, &rt, "– (in-process)".into(), &js, &mut md);
     }
     if wanted("postgres") {
         let url = url(
             "TEST_POSTGRES_URL",
             "postgres://postgres@127.0.0.1:5432/test",
         );
-        let (db, counted_db) = rt.block_on(async {
-            let port = counting_proxy(port_of(&url), false, counts.clone()).await;
-            (
-                Db::new("postgres", "", pool::<sqlx::Postgres>(&url, 20).await).await,
-                Db::new(
-                    "postgres",
-                    "_counted",
-                    pool::<sqlx::Postgres>(&proxied(&url, port), 4).await,
-                )
-                .await,
-            )
-        });
-        let statements = counted(&rt, Box::leak(Box::new(counted_db)), &counts);
-        measure(c, &rt, Box::leak(Box::new(db)), statements, &js, &mut md);
+        server::<sqlx::Postgres>(c, &rt, "postgres", &url, &counts, &js, &mut md);
     }
     if wanted("mysql") {
         let url = url("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
-        let (db, counted_db) = rt.block_on(async {
-            let port = counting_proxy(port_of(&url), true, counts.clone()).await;
-            (
-                Db::new("mysql", "", pool::<sqlx::MySql>(&url, 20).await).await,
-                Db::new(
-                    "mysql",
-                    "_counted",
-                    pool::<sqlx::MySql>(&proxied(&url, port), 4).await,
-                )
-                .await,
-            )
-        });
-        let statements = counted(&rt, Box::leak(Box::new(counted_db)), &counts);
-        measure(c, &rt, Box::leak(Box::new(db)), statements, &js, &mut md);
+        server::<sqlx::MySql>(c, &rt, "mysql", &url, &counts, &js, &mut md);
     }
     let _ = std::fs::remove_dir_all(&dir);
     write_section(&md.0, &md.1);
+}
+
+/// A database server: measured on a pool of its own, and counted through the proxy.
+fn server<DB>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    url: &str,
+    counts: &Arc<Counts>,
+    js: &jetstream::Context,
+    md: &mut (String, String),
+) where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    Pool<DB>: OutboxPool + Clone,
+{
+    let (db, counted_db) = rt.block_on(async {
+        let port = counting_proxy(port_of(url), name == "mysql", counts.clone()).await;
+        let proxied_pool = pool::<DB>(&proxied(url, port), 4).await;
+        (
+            Db::new(name, "", pool::<DB>(url, 20).await).await,
+            Db::new(name, "_counted", proxied_pool).await,
+        )
+    });
+    let counted_db: &'static Db<DB> = Box::leak(Box::new(counted_db));
+    let statements = counted_db.counted(rt, counts);
+    let db: &'static Db<DB> = Box::leak(Box::new(db));
+    db.measure(c, rt, statements, js, md);
 }
 
 /// Replaces the bench's section at the end of the report (after [`MARKER`]).

@@ -90,17 +90,4 @@ where
     assert_exactly(&events, &expected);
 }
 
-mod broker_down_for_five_seconds {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        super::broker_down_for_five_seconds::<crate::common::Pg>().await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql() {
-        super::broker_down_for_five_seconds::<crate::common::My>().await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        super::broker_down_for_five_seconds::<crate::common::Lite>().await
-    }
-}
+crate::each_database!(broker_down_for_five_seconds);

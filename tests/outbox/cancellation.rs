@@ -9,7 +9,7 @@ use std::time::Duration;
 use transactional::Propagation::*;
 
 use crate::broker::assert_exactly;
-use crate::common::{poll_at_most, scope, AppResult, TestDb};
+use crate::common::{poll_at_most, scope, AppResult};
 use crate::outbox_test;
 
 outbox_test! {

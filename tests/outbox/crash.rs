@@ -273,17 +273,4 @@ where
     );
 }
 
-mod killed_process {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        super::killed_process::<crate::common::Pg>().await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql() {
-        super::killed_process::<crate::common::My>().await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        super::killed_process::<crate::common::Lite>().await
-    }
-}
+crate::each_database!(killed_process);

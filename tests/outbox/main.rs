@@ -129,6 +129,15 @@ macro_rules! outbox_test {
             $body
         }
 
+        $crate::each_database!($name);
+    };
+}
+
+/// Runs the generic async fn `$name::<D>()` as a test on each database (for tests that set up
+/// their world themselves).
+#[macro_export]
+macro_rules! each_database {
+    ($name:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
