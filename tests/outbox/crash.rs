@@ -130,6 +130,96 @@ outbox_test! {
     }
 }
 
+/// A sink that, the first time, has the relay's own database connection killed once the broker
+/// acknowledged the wave, before the relay marks the rows.
+struct KillAfterAck {
+    inner: JetStream,
+    kill: tokio::sync::Mutex<Option<futures_util::future::BoxFuture<'static, ()>>>,
+}
+
+impl Sink for KillAfterAck {
+    async fn send(&self, messages: &[Message]) -> Vec<Result<Accepted, BoxError>> {
+        let results = self.inner.send(messages).await;
+        if let Some(kill) = self.kill.lock().await.take() {
+            kill.await;
+        }
+        results
+    }
+}
+
+/// The relay's connection killed by the server between the broker's ack and the marks
+/// (PostgreSQL `pg_terminate_backend`, MariaDB `KILL CONNECTION`): the round fails on the
+/// database, its rows stay pending, the next round re-sends them and the broker drops the
+/// copies.
+async fn connection_killed_between_ack_and_mark<D: TestDb>()
+where
+    for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
+    sqlx::Pool<D::DB>: OutboxPool,
+{
+    let Some(w) = World::<D>::new("connection_killed").await else {
+        return;
+    };
+    let expected = commit_ten(&w).await;
+    let observer = w.env.observer.clone();
+    let (table, outbox) = (w.env.table.clone(), w.outbox.table().to_owned());
+    let kill: futures_util::future::BoxFuture<'static, ()> = Box::pin(async move {
+        let mut conn = observer.acquire().await.unwrap();
+        let killed = if D::NAME == "postgres" {
+            let sql = format!(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = '{table}' AND state = 'idle in transaction'"
+            );
+            D::scalar(&mut conn, sql).await.unwrap()
+        } else {
+            let sql = format!("SELECT IS_USED_LOCK('transactional_outbox:{outbox}')");
+            let id = D::scalar(&mut conn, sql).await.unwrap();
+            D::exec(&mut conn, format!("KILL CONNECTION {id}"))
+                .await
+                .unwrap();
+            1
+        };
+        assert_eq!(killed, 1, "the relay's claiming connection was killed");
+    });
+    let sink = KillAfterAck {
+        inner: w.broker.sink(),
+        kill: tokio::sync::Mutex::new(Some(kill)),
+    };
+    let relay = w
+        .outbox
+        .relay(w.env.pool.clone(), sink)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(50))
+        .spawn();
+    for _ in 0..200 {
+        if w.pending().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.pending().await, 0, "delivered after the failed round");
+    let stats = relay.stats();
+    assert!(stats.errors >= 1 && stats.duplicates >= 1, "{stats:?}");
+    relay.shutdown().await;
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    assert_exactly(&w.broker.events().await, &expected);
+    w.env
+        .eventually("no session is left in a transaction", || {
+            w.env.pool_is_clean()
+        })
+        .await;
+}
+
+mod connection_killed_between_ack_and_mark {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::connection_killed_between_ack_and_mark::<crate::common::Pg>().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::connection_killed_between_ack_and_mark::<crate::common::My>().await
+    }
+}
+
 // --- In a child process, killed ------------------------------------------------------------
 
 /// What the child process does before it is killed.
