@@ -115,6 +115,18 @@ outbox_test! {
         })).await;
         r.unwrap();
         assert_eq!(w.pending().await, 0);
+        // A table that was never created is named, with what to do.
+        let missing = transactional::outbox::Outbox::with_table(&format!("{}_none", w.env.table)).unwrap();
+        let r: AppResult<()> = w.env.run(scope(Required).run(async {
+            missing.publish(&w.topic(), "k", b"x".to_vec()).await?;
+            Ok(())
+        })).await;
+        let e = r.unwrap_err();
+        assert!(
+            matches!(e.tx(), transactional::Error::OutboxTableMissing { table, .. } if *table == missing.table()),
+            "{e}"
+        );
+        assert!(e.to_string().contains("create_schema"), "{e}");
     }
 }
 

@@ -211,6 +211,16 @@ pub enum Error {
         /// The data source the event was for.
         data_source: String,
     },
+    /// The outbox's table does not exist in the data source's database.
+    #[cfg(feature = "outbox")]
+    #[error("the outbox table `{table}` does not exist: create it at start-up with `Outbox::create_schema(&pool)` (or its statements in a migration): {source}")]
+    OutboxTableMissing {
+        /// The table.
+        table: String,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// An event, or an outbox's table name, that the outbox cannot store.
     #[cfg(feature = "outbox")]
     #[error("invalid outbox {what}: {reason}")]
@@ -258,6 +268,8 @@ impl Error {
             | Error::Commit { source, .. }
             | Error::Savepoint { source, .. }
             | Error::Database(source) => Some(source),
+            #[cfg(feature = "outbox")]
+            Error::OutboxTableMissing { source, .. } => Some(source),
             Error::Aborted { source, .. } | Error::EndedUnderneath { source, .. } => {
                 source.as_ref()
             }

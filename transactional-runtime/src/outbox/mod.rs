@@ -176,9 +176,10 @@ impl Outbox {
     ///
     /// Fails with [`Error::OutboxNeedsTransaction`] outside a transaction (when transactions are
     /// mocked out, the row is written in autocommit, like any repository statement), with
-    /// [`Error::InvalidOutbox`] for an empty or over-long topic or key, and with the database's
-    /// error if the INSERT fails (the table does not exist: see
-    /// [`create_schema`](Self::create_schema)).
+    /// [`Error::InvalidOutbox`] for an empty or over-long topic or key,
+    /// [`Error::OutboxTableMissing`] when the table does not exist (see
+    /// [`create_schema`](Self::create_schema)), and with the database's error if the INSERT
+    /// fails otherwise.
     pub async fn publish(
         &self,
         topic: &str,

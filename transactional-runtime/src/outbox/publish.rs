@@ -122,8 +122,24 @@ where
         .push_bind(row.created_at);
     query.push(")");
     let mut conn = acquire::<DB>(data_source).await?;
-    query.build().execute(&mut *conn).await?;
-    Ok(())
+    match query.build().execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(source) if table_missing(&source) => Err(Error::OutboxTableMissing {
+            table: row.table.to_owned(),
+            source,
+        }),
+        Err(source) => Err(source.into()),
+    }
+}
+
+/// Whether the database said the table does not exist (PostgreSQL 42P01, MySQL 1146, SQLite
+/// "no such table").
+fn table_missing(error: &sqlx::Error) -> bool {
+    let Some(db) = error.as_database_error() else {
+        return false;
+    };
+    matches!(db.code().as_deref(), Some("42P01") | Some("42S02"))
+        || db.message().starts_with("no such table")
 }
 
 /// A topic or key: not empty, at most [`MAX_TOPIC_OR_KEY`] bytes, no whitespace or control
