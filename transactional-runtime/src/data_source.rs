@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -57,6 +58,132 @@ impl DataSourceSettings {
     pub const fn sqlite_begin_immediate(mut self, immediate: bool) -> Self {
         self.sqlite_begin_immediate = immediate;
         self
+    }
+}
+
+/// How a data source uses its replicas: see [`register_with_replicas`](crate::register_with_replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplicaSettings {
+    /// How often each replica is asked how far it has replayed, and whether it answers
+    /// (default 100 ms). A replica that does not answer within a second is skipped until it
+    /// does.
+    pub check_every: Duration,
+    /// How long a read-only transaction may wait for a connection of a replica before it goes
+    /// to the primary (default 250 ms).
+    pub acquire_timeout: Duration,
+}
+
+impl ReplicaSettings {
+    /// The defaults.
+    pub const fn new() -> Self {
+        ReplicaSettings {
+            check_every: Duration::from_millis(100),
+            acquire_timeout: Duration::from_millis(250),
+        }
+    }
+
+    /// Sets [`check_every`](Self::check_every).
+    pub const fn check_every(mut self, every: Duration) -> Self {
+        self.check_every = every;
+        self
+    }
+
+    /// Sets [`acquire_timeout`](Self::acquire_timeout).
+    pub const fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        ReplicaSettings::new()
+    }
+}
+
+/// One replica: its pool, and what its monitor last saw.
+pub(crate) struct Replica {
+    pub index: usize,
+    pub source: Arc<dyn Source>,
+    pub settings: ReplicaSettings,
+    /// It answered its monitor's last check.
+    up: AtomicBool,
+    /// How far it had replayed the primary's WAL at that check (bytes since 0/0), or -1.
+    replayed: AtomicI64,
+}
+
+impl Replica {
+    /// Whether a read-only transaction that must see the commits up to `required` may use it.
+    pub(crate) fn usable(&self, required: i64) -> bool {
+        self.up.load(Ordering::Acquire) && self.replayed.load(Ordering::Acquire) >= required
+    }
+
+    pub(crate) fn new(index: usize, source: Arc<dyn Source>, settings: ReplicaSettings) -> Replica {
+        Replica {
+            index,
+            source,
+            settings,
+            up: AtomicBool::new(false),
+            replayed: AtomicI64::new(-1),
+        }
+    }
+
+    /// It failed a read-only transaction: skipped until its monitor sees it answer again.
+    pub(crate) fn mark_down(&self) {
+        self.up.store(false, Ordering::Release);
+    }
+
+    /// What its monitor saw: how far it has replayed, or that it does not answer.
+    pub(crate) fn saw(&self, replayed: Option<i64>) {
+        match replayed {
+            Some(position) => {
+                self.replayed.fetch_max(position, Ordering::AcqRel);
+                self.up.store(true, Ordering::Release);
+            }
+            None => self.up.store(false, Ordering::Release),
+        }
+    }
+}
+
+/// The replicas of one data source, and the latest commit position on its primary that this
+/// process knows of.
+#[derive(Default)]
+pub(crate) struct Replicas {
+    pub list: Vec<Arc<Replica>>,
+    /// The greatest commit position (bytes since 0/0) of the transactions this process
+    /// committed on the primary.
+    committed: AtomicI64,
+}
+
+impl Replicas {
+    pub(crate) fn of(list: Vec<Arc<Replica>>) -> Replicas {
+        Replicas {
+            list,
+            committed: AtomicI64::new(0),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The replicas a read-only transaction may go to now, in order of preference.
+    pub(crate) fn candidates(&self) -> impl Iterator<Item = &Arc<Replica>> {
+        let required = self.required();
+        self.list
+            .iter()
+            .filter(move |replica| replica.usable(required))
+    }
+
+    /// A commit on the primary reached `position`.
+    pub(crate) fn committed(&self, position: i64) {
+        self.committed.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// The position a replica must have replayed to serve a read-only transaction.
+    pub(crate) fn required(&self) -> i64 {
+        self.committed.load(Ordering::Acquire)
     }
 }
 
@@ -153,6 +280,8 @@ pub(crate) struct DataSource {
     pub source: Arc<dyn Source>,
     /// What the library counts of its use of the pool.
     pub usage: Arc<Usage>,
+    /// Its read replicas (none unless registered with `register_with_replicas`).
+    pub replicas: Replicas,
 }
 
 impl fmt::Debug for DataSource {
@@ -182,6 +311,7 @@ impl DataSource {
             settings,
             source: Arc::new(pool),
             usage: Arc::default(),
+            replicas: Replicas::default(),
         })
     }
 
@@ -311,7 +441,12 @@ where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    let data_source = DataSource::from_pool(name, pool, settings)?;
+    insert(DataSource::from_pool(name, pool, settings)?)
+}
+
+pub(crate) fn insert(data_source: DataSource) -> Result<(), Error> {
+    let name = data_source.name.to_string();
+    let name = name.as_str();
     let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
     if registry.contains_key(name) {
         return Err(Error::AlreadyRegistered {

@@ -28,6 +28,15 @@ const MYSQL_ALIVE: &str = "transactional_open";
 /// scope rolls back, instead of committing one by one; the session gets it back at the end.
 const MYSQL_AUTOCOMMIT_ON: &str = "SET autocommit = 1";
 
+/// PostgreSQL replicas: how far a standby has replayed the primary's WAL, in bytes (NULL on
+/// a primary).
+pub(crate) const REPLAYED_POSITION: &str =
+    "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
+
+/// PostgreSQL primaries with replicas: the WAL position after a COMMIT, in bytes, read in the
+/// COMMIT's round trip.
+pub(crate) const COMMITTED_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+
 /// The statements that begin one transaction, sent in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Begin {

@@ -204,6 +204,14 @@ pub enum Error {
     /// A before-commit hook failed; the transaction was rolled back.
     #[error("a before-commit hook failed, so the transaction was rolled back: {0}")]
     BeforeCommit(#[source] BoxError),
+    /// Replicas that cannot be registered.
+    #[error("cannot register the replicas of data source `{name}`: {reason}")]
+    InvalidReplicas {
+        /// The data source.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// `outbox::publish` was called with no transaction to store the event in.
     #[cfg(feature = "outbox")]
     #[error("outbox::publish on data source `{data_source}` found no transaction: an event is stored in the transaction whose work it announces, so that it is published if and only if that work commits; call it inside a #[transactional] scope (for an event of its own, wrap the call in one)")]

@@ -43,8 +43,9 @@ mod events;
 mod hooks;
 mod trace;
 
-// The registry of pools, and a transaction on its connection.
+// The registry of pools, their replicas, and a transaction on its connection.
 mod data_source;
+mod replica;
 mod transaction;
 
 // The task-local context, the connection guard, the scope from start to end.
@@ -73,7 +74,9 @@ pub use api::{
 };
 pub use builder::{Retrying, Transactional};
 pub use context::{with_data_source, with_data_source_settings};
-pub use data_source::{deregister, register, register_default, register_with, DataSourceSettings};
+pub use data_source::{
+    deregister, register, register_default, register_with, DataSourceSettings, ReplicaSettings,
+};
 pub use dialect::Dialect;
 pub use error::{BoxError, Error};
 pub use events::{EventKind, ScopeEvent};
@@ -81,5 +84,6 @@ pub use guard::ConnectionGuard;
 pub use hooks::{HookResult, Outcome, RollbackCause};
 pub use name::Name;
 pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
+pub use replica::register_with_replicas;
 pub use retry::{is_retryable, RetryableError};
 pub use status::PoolStatus;

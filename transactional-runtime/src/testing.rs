@@ -233,6 +233,7 @@ impl MockDataSource {
             settings: DataSourceSettings::new(),
             source: Arc::new(MockSource(self.inner.clone())),
             usage: Arc::default(),
+            replicas: Default::default(),
         };
         Context::current()
             .with_data_source(data_source)

@@ -340,7 +340,23 @@ impl Transaction {
         conn.ending();
         let ended = if commit {
             self.lock().life = Life::Committing;
-            let answered = conn.run(&end.sql).await;
+            let answered = match self.tracks_position() {
+                // The position after the commit rides in COMMIT's round trip: read-only
+                // transactions then wait for a replica to have replayed it.
+                true => conn
+                    .query_int(&format!(
+                        "{}; {}",
+                        end.sql,
+                        crate::dialect::COMMITTED_POSITION
+                    ))
+                    .await
+                    .map(|position| {
+                        if let Some(position) = position {
+                            self.data_source.replicas.committed(position);
+                        }
+                    }),
+                false => conn.run(&end.sql).await,
+            };
             // Answered, or not (an unknown outcome): no longer waiting for it.
             self.lock().life = Life::Begun;
             answered
@@ -385,6 +401,14 @@ impl Transaction {
             None => self.closed(),
         }
         Ok(self.refused(underneath, closing, sqlx::Error::Database(error)))
+    }
+
+    /// Whether its COMMIT reads the primary's position after it: a read-write transaction on
+    /// the primary of a data source with replicas.
+    fn tracks_position(&self) -> bool {
+        !self.options.read_only
+            && !self.data_source.replicas.is_empty()
+            && self.replica.get().is_none()
     }
 
     /// What a COMMIT or ROLLBACK the database answered with `source` means, given what the

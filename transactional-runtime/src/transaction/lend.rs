@@ -8,10 +8,12 @@ use tokio::time::Instant;
 
 use super::state::{first_abandoned, Interrupt, Life, Open, Owed, Slot, State};
 use super::{Frame, Lease, Level, SavepointFailure, Transaction, Underneath};
+use crate::data_source::Replica;
 use crate::detach::Detachable;
 use crate::dialect::Dialect;
 use crate::driver::{Conn, Watch};
 use crate::error::Error;
+use crate::options::Isolation;
 use crate::status::{acquire_hint, counted_wait, Counted};
 
 /// What one look at the slot gives a borrower.
@@ -44,7 +46,7 @@ impl Transaction {
     /// while a concurrent NESTED scope's savepoint is open, for at most the pool's acquire
     /// timeout.
     pub(crate) async fn lend(self: &Arc<Self>, frame: &Arc<Frame>) -> Result<Lease, Error> {
-        let waited = self.data_source.source.acquire_timeout();
+        let waited = self.source().acquire_timeout();
         let limit = Instant::now() + waited;
         loop {
             let notified = self.changed.notified();
@@ -210,25 +212,29 @@ impl Transaction {
         })
     }
 
-    /// The transaction's first connection, from the pool.
+    /// The transaction's first connection: from a replica that may serve it (a read-only
+    /// transaction of a data source with replicas), else from the data source's pool.
     async fn acquire_first(&self) -> Result<Conn, Error> {
         let ds = &self.data_source;
-        match counted_wait(&ds.usage, ds.source.acquire()).await {
-            (Ok(mut conn), _) => {
-                conn.count_as(Counted::transaction(&ds.usage));
-                let mut st = self.lock();
-                if self.is_ended() {
-                    // The transaction ended while this waited (its body gave up on the
-                    // connection): nothing was sent, and the connection, clean, goes back to
-                    // the pool as it is dropped.
-                    st.slot = Slot::Empty;
-                    drop(st);
-                    self.changed.notify_waiters();
-                    return Err(Error::TransactionFinished);
+        if self.may_use_replica() {
+            for replica in ds.replicas.candidates() {
+                let timeout = replica.settings.acquire_timeout;
+                match tokio::time::timeout(timeout, replica.source.acquire()).await {
+                    Ok(Ok(conn)) => return self.took(conn, Some(replica)),
+                    failed => {
+                        replica.mark_down();
+                        let error = match failed {
+                            Ok(Err(error)) => error.to_string(),
+                            _ => format!("no connection within {timeout:?}"),
+                        };
+                        tracing::warn!(target: crate::trace::TARGET, data_source = %ds.name, replica = replica.index, %error, "a replica did not give a connection; trying the next, or the primary");
+                    }
                 }
-                st.slot = Slot::Busy;
-                Ok(conn)
             }
+        }
+        let source = self.source().clone();
+        match counted_wait(&ds.usage, source.acquire()).await {
+            (Ok(conn), _) => self.took(conn, None),
             (Err(source), starved) => {
                 self.give_back(None);
                 let exhausted = matches!(source, sqlx::Error::PoolTimedOut);
@@ -239,6 +245,37 @@ impl Transaction {
                 })
             }
         }
+    }
+
+    /// Whether this transaction may run on a replica: read-only, not serializable (a hot
+    /// standby refuses it), on a data source with replicas, and not already placed.
+    fn may_use_replica(&self) -> bool {
+        self.options.read_only
+            && self.options.isolation != Isolation::Serializable
+            && !self.data_source.replicas.is_empty()
+            && self.replica.get().is_none()
+    }
+
+    /// The first connection is here (from `replica`, if any): the transaction runs on it,
+    /// unless it ended while it waited.
+    fn took(&self, mut conn: Conn, replica: Option<&Arc<Replica>>) -> Result<Conn, Error> {
+        conn.count_as(Counted::transaction(&self.data_source.usage));
+        let mut st = self.lock();
+        if self.is_ended() {
+            // The transaction ended while this waited (its body gave up on the connection):
+            // nothing was sent, and the connection, clean, goes back to the pool as it is
+            // dropped.
+            st.slot = Slot::Empty;
+            drop(st);
+            self.changed.notify_waiters();
+            return Err(Error::TransactionFinished);
+        }
+        st.slot = Slot::Busy;
+        if let Some(replica) = replica {
+            let _ = self.replica.set(replica.clone());
+            tracing::debug!(target: crate::trace::TARGET, data_source = %self.data_source.name, replica = replica.index, "a read-only transaction runs on a replica");
+        }
+        Ok(conn)
     }
 
     /// BEGIN, in one round trip with the savepoints to open and the session id.

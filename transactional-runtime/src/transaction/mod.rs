@@ -15,7 +15,7 @@ mod state;
 mod underneath;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -27,7 +27,7 @@ pub(crate) use close::{Intent, SavepointClosed, TxClosed};
 pub(crate) use level::{Frame, Level, Role};
 use state::{Interrupt, Life, Owed, Slot, State};
 
-use crate::data_source::DataSource;
+use crate::data_source::{DataSource, Replica, Source};
 use crate::dialect::Dialect;
 use crate::driver::{Conn, TxConnection};
 use crate::error::Error;
@@ -78,6 +78,9 @@ pub(crate) struct Transaction {
     /// SQLite: set to stop the running statement (see `TxConnection::arm`).
     interrupt: Arc<AtomicBool>,
     savepoints: AtomicU32,
+    /// The replica a read-only transaction runs on (set with its first connection); none: the
+    /// data source's own pool. Cancels go where the transaction runs.
+    replica: OnceLock<Arc<Replica>>,
 }
 
 impl Transaction {
@@ -96,6 +99,15 @@ impl Transaction {
             ended: AtomicBool::new(false),
             interrupt: Arc::new(AtomicBool::new(false)),
             savepoints: AtomicU32::new(0),
+            replica: OnceLock::new(),
+        }
+    }
+
+    /// Where its connection comes from: the replica it runs on, or the data source's pool.
+    pub(crate) fn source(&self) -> &Arc<dyn Source> {
+        match self.replica.get() {
+            Some(replica) => &replica.source,
+            None => &self.data_source.source,
         }
     }
 
@@ -183,7 +195,7 @@ impl Transaction {
                 ran = &mut run => break Some(ran),
                 () = &mut give_up => break None,
                 _ = resend.tick(), if again.is_some() => {
-                    let source = self.data_source.source.clone();
+                    let source = self.source().clone();
                     let sql = again.clone().expect("checked by the branch's condition");
                     landing.push(async move {
                         let _ = tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await;
@@ -214,7 +226,7 @@ impl Transaction {
             .and_then(|session| self.dialect().terminate(session));
         if let Some(sql) = terminate {
             tracing::warn!(target: crate::trace::TARGET, "a cancelled statement is still running; ending its session");
-            let source = self.data_source.source.clone();
+            let source = self.source().clone();
             match tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
@@ -339,7 +351,7 @@ impl Transaction {
         &self,
         mut take: impl FnMut(&mut State) -> Option<T>,
     ) -> Result<T, Error> {
-        let limit = Instant::now() + self.data_source.source.acquire_timeout() + CLEANUP_TIMEOUT;
+        let limit = Instant::now() + self.source().acquire_timeout() + CLEANUP_TIMEOUT;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -381,7 +393,7 @@ impl Transaction {
         else {
             return;
         };
-        let source = self.data_source.source.clone();
+        let source = self.source().clone();
         st.cancels.start();
         drop(st);
         // Counted until it lands, or is dropped unsent (no runtime to send it on).

@@ -1,0 +1,312 @@
+//! Read replicas (docs/SEMANTICS.md, "Replicas"), on PostgreSQL streaming replication: the
+//! primary at `TEST_POSTGRES_URL`, its replica at `TEST_POSTGRES_REPLICA_URL` (default
+//! `postgres://postgres@127.0.0.1:5433/test`; `.ci/pg-replica` makes one by `pg_basebackup`).
+//! Which server ran a transaction: `pg_is_in_recovery()`. The tests take turns (one pauses the
+//! replica's replay).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use sqlx::{Executor, PgPool};
+use transactional::{Isolation, Propagation, ReplicaSettings, Transactional};
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+fn skipped() -> bool {
+    std::env::var("TRANSACTIONAL_TEST_SKIP").is_ok_and(|v| {
+        v.split(',')
+            .any(|s| matches!(s.trim(), "postgres" | "replica"))
+    })
+}
+
+/// A data source of its own over the primary and `replica`, and a table of its own.
+struct World {
+    name: &'static str,
+    table: String,
+    primary: PgPool,
+    replica: PgPool,
+}
+
+impl World {
+    async fn new(test: &str, replica_url: Option<String>) -> Option<World> {
+        if skipped() {
+            eprintln!("skipping {test}: TRANSACTIONAL_TEST_SKIP");
+            return None;
+        }
+        let primary_url = url(
+            "TEST_POSTGRES_URL",
+            "postgres://postgres@127.0.0.1:5432/test",
+        );
+        let replica_url = replica_url.unwrap_or_else(|| {
+            url(
+                "TEST_POSTGRES_REPLICA_URL",
+                "postgres://postgres@127.0.0.1:5433/test",
+            )
+        });
+        let primary = PgPool::connect(&primary_url).await.expect("the primary");
+        let replica = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect(&replica_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("no PostgreSQL replica at {replica_url}: {e}; `.ci/pg-replica` makes one")
+            });
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let table = format!("replica_{test}_{}_{n}", std::process::id());
+        primary
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE {table} (id BIGINT PRIMARY KEY)"
+            )))
+            .await
+            .unwrap();
+        let name: &'static str = Box::leak(table.clone().into_boxed_str());
+        let settings = ReplicaSettings::new().check_every(Duration::from_millis(20));
+        transactional::register_with_replicas(
+            name,
+            primary.clone(),
+            vec![replica.clone()],
+            settings,
+        )
+        .unwrap();
+        Some(World {
+            name,
+            table,
+            primary,
+            replica,
+        })
+    }
+
+    fn scope(&self, read_only: bool) -> Transactional {
+        Transactional::new()
+            .data_source(self.name)
+            .read_only(read_only)
+    }
+
+    async fn insert(&self, id: i64) -> Result<(), transactional::Error> {
+        let mut conn = transactional::data_source(self.name)
+            .connection::<sqlx::Postgres>()
+            .await?;
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} VALUES ({id})",
+            self.table
+        )))
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the current transaction runs on the replica, and the rows it sees.
+    async fn look(&self) -> Result<(bool, i64), transactional::Error> {
+        let mut conn = transactional::data_source(self.name)
+            .connection::<sqlx::Postgres>()
+            .await?;
+        let sql = format!("SELECT pg_is_in_recovery(), COUNT(*) FROM {}", self.table);
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await?)
+    }
+
+    /// A read-only transaction's look.
+    async fn read(&self) -> (bool, i64) {
+        self.scope(true).run(self.look()).await.unwrap()
+    }
+
+    /// Commits `id`.
+    async fn write(&self, id: i64) {
+        self.scope(false).run(self.insert(id)).await.unwrap();
+    }
+
+    /// Reads until one runs on the replica (within 10 s); every read sees `rows`.
+    async fn read_on_replica(&self, rows: i64) {
+        for _ in 0..500 {
+            let (on_replica, seen) = self.read().await;
+            assert_eq!(
+                seen, rows,
+                "never a stale read (on the replica: {on_replica})"
+            );
+            if on_replica {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no read-only transaction reached the replica within 10 s");
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        transactional::deregister(self.name);
+        let (primary, table) = (self.primary.clone(), self.table.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = primary
+                    .execute(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+                    .await;
+            });
+        }
+    }
+}
+
+/// Read-only transactions go to the replica once it has replayed this process's commits,
+/// and see them; read-write ones, read-only ones joining a read-write transaction and
+/// serializable ones stay on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing() {
+    let _turn = TURN.lock().await;
+    let Some(w) = World::new("routing", None).await else {
+        return;
+    };
+    w.write(1).await;
+    w.read_on_replica(1).await;
+    let (on_replica, _) = w.scope(false).run(w.look()).await.unwrap();
+    assert!(!on_replica, "read-write: the primary");
+    let (on_replica, seen) = w
+        .scope(false)
+        .run(async {
+            w.insert(2).await?;
+            // A read-only scope in a read-write transaction joins it, and sees its writes.
+            w.scope(true)
+                .propagation(Propagation::Required)
+                .run(w.look())
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!((on_replica, seen), (false, 2));
+    let serializable = w.scope(true).isolation(Isolation::Serializable);
+    let (on_replica, _) = serializable.run(w.look()).await.unwrap();
+    assert!(
+        !on_replica,
+        "a hot standby refuses SERIALIZABLE: the primary"
+    );
+}
+
+/// With the replica's replay paused, a read after a write goes to the primary and sees it:
+/// never the replica's stale rows. Once replay resumes, reads return to the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_with_replay_paused() {
+    let _turn = TURN.lock().await;
+    let Some(w) = World::new("ryw", None).await else {
+        return;
+    };
+    w.write(1).await;
+    w.read_on_replica(1).await;
+    w.replica
+        .execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    let paused = AssertUnwindSafe(async {
+        w.write(2).await;
+        for _ in 0..20 {
+            let (on_replica, seen) = w.read().await;
+            assert_eq!(
+                (on_replica, seen),
+                (false, 2),
+                "the replica has not replayed the write"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .catch_unwind()
+    .await;
+    w.replica
+        .execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    paused.unwrap();
+    w.read_on_replica(2).await;
+}
+
+/// A replica that stops answering (its connections cut, new ones refused) is skipped: reads
+/// keep succeeding, on the primary, and return to it once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_down_reads_keep_succeeding() {
+    let _turn = TURN.lock().await;
+    let upstream = url(
+        "TEST_POSTGRES_REPLICA_URL",
+        "postgres://postgres@127.0.0.1:5433/test",
+    );
+    let port_of = |u: &str| -> u16 {
+        let host = u.split('@').next_back().unwrap();
+        host.split(['/', '?'])
+            .next()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    };
+    let proxy = Cut::start(port_of(&upstream)).await;
+    let through = upstream.replacen(
+        &format!(":{}", port_of(&upstream)),
+        &format!(":{}", proxy.port),
+        1,
+    );
+    let Some(w) = World::new("down", Some(format!("{through}?sslmode=disable"))).await else {
+        return;
+    };
+    w.write(1).await;
+    w.read_on_replica(1).await;
+    proxy.set_down(true);
+    for i in 0..100 {
+        let (_, seen) = tokio::time::timeout(Duration::from_secs(5), w.read())
+            .await
+            .unwrap_or_else(|_| panic!("read {i} hung with the replica down"));
+        assert_eq!(seen, 1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.set_down(false);
+    w.read_on_replica(1).await;
+}
+
+/// A TCP proxy to `127.0.0.1:upstream` that can be cut: while down it closes every
+/// connection and refuses new ones.
+struct Cut {
+    port: u16,
+    down: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Cut {
+    async fn start(upstream: u16) -> Cut {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(tokio::sync::watch::channel(false).0);
+        let watch = down.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if *watch.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let mut cut = watch.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|down| *down) => {}
+                    }
+                });
+            }
+        });
+        Cut { port, down }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+}

@@ -1,0 +1,112 @@
+//! Read replicas of a data source (PostgreSQL streaming replication): which replica a
+//! read-only transaction may use, kept up to date by a monitor per replica, and the position
+//! up to which a replica must have replayed the primary's commits (docs/SEMANTICS.md,
+//! "Replicas").
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sqlx::{Database, Executor, Pool};
+
+use crate::data_source::{
+    insert, DataSource, DataSourceSettings, Replica, ReplicaSettings, Replicas,
+};
+use crate::dialect::{Dialect, REPLAYED_POSITION};
+use crate::error::Error;
+
+/// Registers `primary` under `name` with read replicas of it (PostgreSQL streaming
+/// replication; needs a tokio runtime, on which a task per replica checks how far it has
+/// replayed). A read-only scope that begins a transaction goes to a replica that has replayed
+/// every commit this process made on the primary, else to the primary; everything else goes
+/// to the primary (docs/SEMANTICS.md, "Replicas").
+///
+/// Fails with [`Error::InvalidReplicas`] for another database or without a runtime, and as
+/// [`register`](crate::register) does.
+pub fn register_with_replicas<DB>(
+    name: &str,
+    primary: Pool<DB>,
+    replicas: Vec<Pool<DB>>,
+    settings: ReplicaSettings,
+) -> Result<(), Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> (Option<i64>,): sqlx::FromRow<'r, DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let mut data_source = DataSource::from_pool(name, primary, DataSourceSettings::new())?;
+    data_source.replicas = self::replicas(name, data_source.dialect, replicas, settings)?;
+    insert(data_source)
+}
+
+/// The replicas of a PostgreSQL data source, their monitors spawned on the current tokio
+/// runtime.
+fn replicas<DB>(
+    name: &str,
+    dialect: Dialect,
+    pools: Vec<Pool<DB>>,
+    settings: ReplicaSettings,
+) -> Result<Replicas, Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> (Option<i64>,): sqlx::FromRow<'r, DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    if pools.is_empty() {
+        return Ok(Replicas::default());
+    }
+    if dialect != Dialect::Postgres {
+        return Err(Error::InvalidReplicas {
+            name: name.to_owned(),
+            reason: "read replicas are supported on PostgreSQL (streaming replication)".into(),
+        });
+    }
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::InvalidReplicas {
+        name: name.to_owned(),
+        reason: "registering replicas needs a tokio runtime, to check on them".into(),
+    })?;
+    let mut list = Vec::new();
+    for (index, pool) in pools.into_iter().enumerate() {
+        let replica = Arc::new(Replica::new(index, Arc::new(pool.clone()), settings));
+        runtime.spawn(monitor(Arc::downgrade(&replica), pool, name.to_owned()));
+        list.push(replica);
+    }
+    Ok(Replicas::of(list))
+}
+
+/// Asks the replica every `check_every` how far it has replayed, until it is dropped.
+async fn monitor<DB>(replica: Weak<Replica>, pool: Pool<DB>, name: String)
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> (Option<i64>,): sqlx::FromRow<'r, DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let mut was_up = None;
+    loop {
+        let Some(every) = replica.upgrade().map(|r| r.settings.check_every) else {
+            return;
+        };
+        let asked = tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query_as::<DB, (Option<i64>,)>(REPLAYED_POSITION).fetch_one(&pool),
+        )
+        .await;
+        let replayed = match asked {
+            Ok(Ok((Some(position),))) => Some(position),
+            _ => None,
+        };
+        let Some(replica) = replica.upgrade() else {
+            return;
+        };
+        replica.saw(replayed);
+        let up = replayed.is_some();
+        if was_up != Some(up) {
+            tracing::info!(target: crate::TARGET, data_source = %name, replica = replica.index, up, "replica {}", if up { "answers" } else { "does not answer; reads go to the primary" });
+            was_up = Some(up);
+        }
+        drop(replica);
+        tokio::time::sleep(every).await;
+    }
+}
