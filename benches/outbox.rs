@@ -477,7 +477,17 @@ fn write_section(cost: &str, throughput: &str) {
         return;
     };
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let head = old.split(MARKER).next().unwrap_or("").trim_end();
+    let (head, tail) = match old.split_once(MARKER) {
+        // Another bench's section after this one stays.
+        Some((head, rest)) => (head, rest.find("<!-- ").map_or("", |at| &rest[at..])),
+        None => (old.as_str(), ""),
+    };
+    let head = head.trim_end();
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\n\n{tail}")
+    };
     let nats = std::process::Command::new("nats-server")
         .arg("--version")
         .output()
@@ -504,7 +514,7 @@ fn write_section(cost: &str, throughput: &str) {
          |---|---|---|---|\n{throughput}",
         BLOCK.as_millis()
     );
-    std::fs::write(&path, format!("{head}\n\n{section}")).unwrap();
+    std::fs::write(&path, format!("{head}\n\n{}{tail}", section.trim_end())).unwrap();
 }
 
 criterion_group! {

@@ -158,9 +158,10 @@ impl Report {
             }
             let _ = writeln!(md);
         }
-        // The outbox bench's section (benches/outbox.rs) stays, after this report.
+        // The sections of the other benches (benches/outbox.rs, benches/replicas.rs), each
+        // starting with a `<!-- name: file -->` marker, stay after this report.
         let kept = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(at) = kept.find("<!-- outbox: benches/outbox.rs -->") {
+        if let Some(at) = kept.find("\n<!-- ") {
             md = format!("{}\n\n{}", md.trim_end(), &kept[at..]);
         }
         std::fs::write(path, md).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

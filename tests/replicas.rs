@@ -256,6 +256,11 @@ async fn replica_down_reads_keep_succeeding() {
     };
     w.write(1).await;
     w.read_on_replica(1).await;
+    let status = transactional::pool_status(w.name).unwrap();
+    assert!(
+        status.replicas[0].answering && status.replicas[0].caught_up,
+        "{status}"
+    );
     proxy.set_down(true);
     for i in 0..100 {
         let (_, seen) = tokio::time::timeout(Duration::from_secs(5), w.read())
@@ -264,6 +269,12 @@ async fn replica_down_reads_keep_succeeding() {
         assert_eq!(seen, 1);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let status = transactional::pool_status(w.name).unwrap();
+    assert!(!status.replicas[0].answering, "{status}");
+    assert!(
+        status.to_string().contains("replica 0: not answering"),
+        "{status}"
+    );
     proxy.set_down(false);
     w.read_on_replica(1).await;
 }

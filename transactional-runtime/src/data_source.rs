@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::events::{EventKind, ScopeEvent};
 use crate::hooks::RollbackCause;
 use crate::options::{TxOptions, DEFAULT_DATA_SOURCE};
-use crate::status::{PoolCounts, PoolStatus, Usage};
+use crate::status::{PoolCounts, PoolStatus, ReplicaStatus, Usage};
 use crate::trace;
 
 /// How a data source treats scopes that join its transactions.
@@ -166,6 +166,23 @@ impl Replicas {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// What each replica's monitor last saw.
+    pub(crate) fn status(&self) -> Vec<ReplicaStatus> {
+        let required = self.required();
+        self.list
+            .iter()
+            .map(|replica| {
+                let replayed = replica.replayed.load(Ordering::Acquire);
+                ReplicaStatus {
+                    index: replica.index,
+                    answering: replica.up.load(Ordering::Acquire),
+                    replayed: u64::try_from(replayed).ok(),
+                    caught_up: replayed >= required,
+                }
+            })
+            .collect()
     }
 
     /// The replicas a read-only transaction may go to now, in order of preference.
@@ -349,6 +366,7 @@ impl DataSource {
             in_use: counts.size.saturating_sub(counts.idle as u32),
             transactions: self.usage.transactions(),
             waiting: self.usage.waiting(),
+            replicas: self.replicas.status(),
         }
     }
 

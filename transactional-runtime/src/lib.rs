@@ -86,4 +86,4 @@ pub use name::Name;
 pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
 pub use replica::register_with_replicas;
 pub use retry::{is_retryable, RetryableError};
-pub use status::PoolStatus;
+pub use status::{PoolStatus, ReplicaStatus};

@@ -65,6 +65,22 @@ pub struct PoolStatus {
     /// Callers of this library waiting for a connection now (sqlx does not count the
     /// waiters of other code using the same pool).
     pub waiting: usize,
+    /// Its read replicas, in the order they were registered (none for most data sources).
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One read replica, as its monitor last saw it: part of [`PoolStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplicaStatus {
+    /// Its position among the data source's replicas.
+    pub index: usize,
+    /// It answered its monitor's last check: read-only transactions may go to it.
+    pub answering: bool,
+    /// How far it had replayed the primary's WAL (bytes since 0/0).
+    pub replayed: Option<u64>,
+    /// Whether it had replayed every commit this process made on the primary.
+    pub caught_up: bool,
 }
 
 impl fmt::Display for PoolStatus {
@@ -80,7 +96,16 @@ impl fmt::Display for PoolStatus {
             self.in_use,
             self.transactions,
             self.waiting
-        )
+        )?;
+        for replica in &self.replicas {
+            let state = match (replica.answering, replica.caught_up) {
+                (false, _) => "not answering",
+                (true, true) => "caught up",
+                (true, false) => "behind",
+            };
+            write!(f, "; replica {}: {state}", replica.index)?;
+        }
+        Ok(())
     }
 }
 
