@@ -225,6 +225,71 @@ async fn read_your_writes_with_replay_paused() {
     w.read_on_replica(2).await;
 }
 
+/// A position carried from another instance (here a second data source over the same
+/// servers, whose commits this one does not see): a read without it may go to a replica that
+/// has not replayed that commit; under `read_after` it goes to the primary and sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_after_a_position_from_another_instance() {
+    let _turn = TURN.lock().await;
+    let Some(w) = World::new("carried", None).await else {
+        return;
+    };
+    let other: &'static str = Box::leak(format!("{}_other", w.name).into_boxed_str());
+    let settings = ReplicaSettings::new().check_every(Duration::from_millis(20));
+    transactional::register_with_replicas(
+        other,
+        w.primary.clone(),
+        vec![w.replica.clone()],
+        settings,
+    )
+    .unwrap();
+    assert_eq!(transactional::commit_position(other).unwrap(), None);
+    w.write(1).await;
+    w.read_on_replica(1).await;
+    w.replica
+        .execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    let paused = AssertUnwindSafe(async {
+        // The other instance commits, and hands its position out (a cookie, a header).
+        Transactional::new()
+            .data_source(other)
+            .run(async {
+                let mut conn = transactional::data_source(other)
+                    .connection::<sqlx::Postgres>()
+                    .await?;
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {} VALUES (2)",
+                    w.table
+                )))
+                .await?;
+                Ok::<_, transactional::Error>(())
+            })
+            .await
+            .unwrap();
+        let cookie = transactional::commit_position(other)
+            .unwrap()
+            .expect("a position")
+            .to_string();
+        // This instance knows nothing of it: its replica serves it, without the new row.
+        assert_eq!(w.read().await, (true, 1), "stale without the position");
+        // With the position the request carried: the primary, and the row.
+        let position: transactional::CommitPosition = cookie.parse().unwrap();
+        assert_eq!(
+            transactional::read_after(w.name, position, w.read()).await,
+            (false, 2)
+        );
+    })
+    .catch_unwind()
+    .await;
+    w.replica
+        .execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    transactional::deregister(other);
+    paused.unwrap();
+}
+
 /// A replica that stops answering (its connections cut, new ones refused) is skipped: reads
 /// keep succeeding, on the primary, and return to it once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use crate::error::{BoxError, Error};
 use crate::events::EventKind;
 use crate::guard::{acquire, ConnectionGuard};
 use crate::hooks::{run_after, Ending, Hook, HookResult, Outcome, RollbackCause};
+use crate::replica::CommitPosition;
 use crate::status::PoolStatus;
 
 /// The current transaction of one data source, as seen from this task.
@@ -309,4 +310,33 @@ async fn run_before_commit_now(unattached: Option<(Hook, Ending)>) -> Result<(),
         }
         _ => Ok(()),
     }
+}
+
+/// The position of the latest commit this process made on the primary of `data_source`
+/// (`None` before the first, and for a data source without replicas): what to hand a client
+/// that must read its own writes in a later request.
+///
+/// Fails with [`Error::NoDataSource`] when nothing is registered under `data_source`.
+pub fn commit_position(data_source: &str) -> Result<Option<CommitPosition>, Error> {
+    let ds = Context::current().data_source(data_source)?;
+    Ok(ds
+        .replicas
+        .latest()
+        .and_then(|at| u64::try_from(at).ok())
+        .map(CommitPosition))
+}
+
+/// Runs `fut` with its read-only transactions of `data_source` kept off the replicas that
+/// have not replayed `position` yet (they go to another replica, or the primary): a request
+/// reads what an earlier one committed, whichever instance served it.
+pub async fn read_after<F: Future>(
+    data_source: &str,
+    position: CommitPosition,
+    fut: F,
+) -> F::Output {
+    let position = i64::try_from(position.0).unwrap_or(i64::MAX);
+    Context::current()
+        .with_read_after(data_source, position)
+        .scope(fut)
+        .await
 }

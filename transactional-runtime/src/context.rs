@@ -64,6 +64,9 @@ struct Inner {
     /// The transaction of `testing::rollback_after`: a scope that would join it takes a
     /// savepoint instead, as if it began a transaction of its own.
     test_root: Option<Arc<Frame>>,
+    /// Per data source name: the commit position its replicas must have replayed before a
+    /// read-only transaction of this task may run on one (`replica::read_after`).
+    read_after: Vec<(Arc<str>, i64)>,
 }
 
 impl Context {
@@ -173,6 +176,32 @@ impl Context {
             .ok_or_else(|| Error::NoDataSource {
                 name: name.to_owned(),
             })
+    }
+
+    /// This context, whose read-only transactions of `data_source` wait for `position`.
+    pub(crate) fn with_read_after(&self, data_source: &str, position: i64) -> Context {
+        self.derive(|inner| {
+            let earlier = inner
+                .read_after
+                .iter()
+                .filter(|(name, _)| &**name == data_source)
+                .map(|(_, at)| *at)
+                .max()
+                .unwrap_or(i64::MIN);
+            inner.read_after.retain(|(name, _)| &**name != data_source);
+            inner
+                .read_after
+                .push((Arc::from(data_source), position.max(earlier)));
+        })
+    }
+
+    /// The position this task's read-only transactions of `data_source` must find replayed.
+    pub(crate) fn read_after(&self, data_source: &str) -> Option<i64> {
+        self.inner
+            .read_after
+            .iter()
+            .find(|(name, _)| &**name == data_source)
+            .map(|(_, at)| *at)
     }
 
     pub(crate) fn with_mode(&self, mode: Mode) -> Context {

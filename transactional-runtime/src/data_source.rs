@@ -185,9 +185,15 @@ impl Replicas {
             .collect()
     }
 
-    /// The replicas a read-only transaction may go to now, in order of preference.
-    pub(crate) fn candidates(&self) -> impl Iterator<Item = &Arc<Replica>> {
-        let required = self.required();
+    /// The latest commit position this process made on the primary, if any.
+    pub(crate) fn latest(&self) -> Option<i64> {
+        Some(self.required()).filter(|at| *at > 0)
+    }
+
+    /// The replicas a read-only transaction may go to now, in order of preference: those
+    /// that replayed this process's commits and `also` (a position the task carries).
+    pub(crate) fn candidates(&self, also: Option<i64>) -> impl Iterator<Item = &Arc<Replica>> {
+        let required = self.required().max(also.unwrap_or(0));
         self.list
             .iter()
             .filter(move |replica| replica.usable(required))

@@ -69,8 +69,8 @@ pub mod web;
 
 pub use api::{
     after_commit, after_commit_detached, after_completion, after_rollback, before_commit,
-    connection, data_source, is_active, is_rollback_only, pool_status, set_rollback_only,
-    DataSourceRef,
+    commit_position, connection, data_source, is_active, is_rollback_only, pool_status, read_after,
+    set_rollback_only, DataSourceRef,
 };
 pub use builder::{Retrying, Transactional};
 pub use context::{with_data_source, with_data_source_settings};
@@ -84,6 +84,6 @@ pub use guard::ConnectionGuard;
 pub use hooks::{HookResult, Outcome, RollbackCause};
 pub use name::Name;
 pub use options::{Isolation, Propagation, TxOptions, DEFAULT_DATA_SOURCE};
-pub use replica::register_with_replicas;
+pub use replica::{register_with_replicas, CommitPosition};
 pub use retry::{is_retryable, RetryableError};
 pub use status::{PoolStatus, ReplicaStatus};

@@ -110,3 +110,45 @@ where
         tokio::time::sleep(every).await;
     }
 }
+
+/// A commit position on a data source's primary (PostgreSQL: a WAL position): what a replica
+/// must have replayed before a read that follows that commit may run on it.
+///
+/// Within one process the library keeps track (see [`commit_position`](crate::commit_position)). To carry it across
+/// processes — a user's next request served by another instance — send it back with the
+/// response (a cookie, a header: its text form is PostgreSQL's, `16/B374D848`) and run the
+/// next request's reads under [`read_after`](crate::read_after).
+///
+/// ```
+/// use transactional_runtime::CommitPosition;
+///
+/// let position: CommitPosition = "16/B374D848".parse().unwrap();
+/// assert_eq!(position.to_string(), "16/B374D848");
+/// assert!("nonsense".parse::<CommitPosition>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitPosition(pub(crate) u64);
+
+impl std::fmt::Display for CommitPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl std::str::FromStr for CommitPosition {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<CommitPosition, Error> {
+        let parsed = text.split_once('/').and_then(|(high, low)| {
+            let high = u64::from_str_radix(high, 16).ok()?;
+            let low = u64::from_str_radix(low, 16).ok()?;
+            (high <= 0xFFFF_FFFF && low <= 0xFFFF_FFFF).then_some(high << 32 | low)
+        });
+        parsed
+            .map(CommitPosition)
+            .ok_or_else(|| Error::InvalidReplicas {
+                name: String::new(),
+                reason: format!("`{text}` is not a commit position (PostgreSQL's `16/B374D848`)"),
+            })
+    }
+}

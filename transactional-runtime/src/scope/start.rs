@@ -224,6 +224,8 @@ struct Place {
     /// The earliest of its own and those of the scopes around it.
     deadline: Option<Instant>,
     current: Option<Arc<Frame>>,
+    /// The commit position the task asks replicas to have replayed (`read_after`).
+    read_after: Option<i64>,
 }
 
 /// What propagation makes of a [`Place`].
@@ -250,6 +252,7 @@ impl Place {
             own_deadline,
             deadline,
             current: outer.frame(&options.data_source).cloned(),
+            read_after: outer.read_after(&options.data_source),
         })
     }
 
@@ -334,7 +337,8 @@ impl Place {
     /// A transaction of the scope's own.
     fn begin(&self, options: &TxOptions) -> What {
         let suspended = self.current.is_some();
-        let tx = Transaction::new(self.data_source.clone(), options.clone(), suspended);
+        let tx = Transaction::new(self.data_source.clone(), options.clone(), suspended)
+            .reading_after(self.read_after);
         let level = Arc::new(Level::root(Arc::new(tx)));
         let frame = Frame::new(level, Role::Owner, options.clone(), None, self.deadline);
         What::Tx {

@@ -217,7 +217,7 @@ impl Transaction {
     async fn acquire_first(&self) -> Result<Conn, Error> {
         let ds = &self.data_source;
         if self.may_use_replica() {
-            for replica in ds.replicas.candidates() {
+            for replica in ds.replicas.candidates(self.read_after) {
                 let timeout = replica.settings.acquire_timeout;
                 match tokio::time::timeout(timeout, replica.source.acquire()).await {
                     Ok(Ok(conn)) => return self.took(conn, Some(replica)),

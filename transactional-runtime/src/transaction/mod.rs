@@ -81,6 +81,8 @@ pub(crate) struct Transaction {
     /// The replica a read-only transaction runs on (set with its first connection); none: the
     /// data source's own pool. Cancels go where the transaction runs.
     replica: OnceLock<Arc<Replica>>,
+    /// The commit position the task that began it asked replicas to have replayed.
+    read_after: Option<i64>,
 }
 
 impl Transaction {
@@ -100,7 +102,14 @@ impl Transaction {
             interrupt: Arc::new(AtomicBool::new(false)),
             savepoints: AtomicU32::new(0),
             replica: OnceLock::new(),
+            read_after: None,
         }
+    }
+
+    /// This transaction, for a task whose reads must find `position` replayed.
+    pub(crate) fn reading_after(mut self, position: Option<i64>) -> Transaction {
+        self.read_after = position;
+        self
     }
 
     /// Where its connection comes from: the replica it runs on, or the data source's pool.
