@@ -63,16 +63,18 @@ use std::time::Duration;
 
 use axum_core::response::IntoResponse;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::api::{commit_position, read_after};
 use crate::builder::Transactional;
 use crate::error::{BoxError, Error};
 use crate::inspect::Facts;
 use crate::name::Name;
 use crate::options::{Isolation, Propagation};
+use crate::replica::CommitPosition;
 use crate::retry::retrying;
 use crate::scope::Classify;
 
@@ -90,6 +92,8 @@ pub struct TransactionLayer {
     read_only: Vec<Method>,
     rolls_back: RollsBack,
     replay: Replay,
+    /// The header that carries the commit position (see `read_your_writes`).
+    positions: Option<HeaderName>,
 }
 
 /// How requests are run again (see [`TransactionLayer::retry`]).
@@ -153,6 +157,7 @@ impl TransactionLayer {
                 retries: 0,
                 body_limit: DEFAULT_RETRY_BODY_LIMIT,
             },
+            positions: None,
         }
     }
 
@@ -212,6 +217,19 @@ impl TransactionLayer {
     /// Too Large`.
     pub fn retry_body_limit(mut self, bytes: usize) -> Self {
         self.replay.body_limit = bytes;
+        self
+    }
+
+    /// Read-your-writes across instances, for a data source with read replicas
+    /// ([`register_with_replicas`](crate::register_with_replicas)): every response carries, in
+    /// `header`, the position of the latest commit this instance made there (the request's
+    /// own, or a later one; see [`commit_position`](crate::commit_position)), and a request
+    /// that sends it back runs its read-only transactions only on replicas that have replayed
+    /// it, else on the primary ([`read_after`](crate::read_after)). A client that keeps the
+    /// header (or a cookie its gateway sets from it) reads its own writes, whichever instance
+    /// serves it. A value that is not a position is ignored.
+    pub fn read_your_writes(mut self, header: HeaderName) -> Self {
+        self.positions = Some(header);
         self
     }
 
@@ -328,7 +346,14 @@ where
             .read_only(read_only || self.layer.scope.options().read_only);
         let rolls_back = self.layer.rolls_back.clone();
         let replay = self.layer.replay;
-        ResponseFuture(Box::pin(async move {
+        let positions = self.layer.positions.clone();
+        let carried = positions
+            .as_ref()
+            .and_then(|header| request.headers().get(header))
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<CommitPosition>().ok());
+        let data_source = scope.options().data_source.to_string();
+        let answer = async move {
             let ended = if replay.retries == 0 {
                 let body = handle(inner, request, rolls_back);
                 scope.run_describing(body, Ended::describe).await
@@ -362,6 +387,21 @@ where
                     Ok(plain(status, message))
                 }
             }
+        };
+        ResponseFuture(Box::pin(async move {
+            let mut answered = match carried {
+                Some(position) => read_after(&data_source, position, answer).await,
+                None => answer.await,
+            };
+            if let (Some(header), Ok(response)) = (positions, answered.as_mut()) {
+                let latest = commit_position(&data_source).ok().flatten();
+                if let Some(position) = latest.into_iter().chain(carried).max() {
+                    if let Ok(value) = HeaderValue::from_str(&position.to_string()) {
+                        response.headers_mut().insert(header, value);
+                    }
+                }
+            }
+            answered
         }))
     }
 }
