@@ -290,6 +290,86 @@ async fn read_after_a_position_from_another_instance() {
     paused.unwrap();
 }
 
+/// A read-only scope on the replica, dropped after its 1st, 2nd, … k-th poll until it
+/// completes: no session is left in a transaction on either server, and the next read works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_at_every_poll() {
+    let _turn = TURN.lock().await;
+    let upstream = url(
+        "TEST_POSTGRES_REPLICA_URL",
+        "postgres://postgres@127.0.0.1:5433/test",
+    );
+    let sep = if upstream.contains('?') { '&' } else { '?' };
+    let app = format!("replica_drops_{}", std::process::id());
+    let Some(w) = World::new(
+        "drops",
+        Some(format!("{upstream}{sep}application_name={app}")),
+    )
+    .await
+    else {
+        return;
+    };
+    w.write(1).await;
+    w.read_on_replica(1).await;
+    let idle_in_transaction = || async {
+        let sql = format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = '{app}' \
+             AND state LIKE 'idle in transaction%'"
+        );
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&w.replica)
+            .await
+            .unwrap()
+    };
+    let mut completed = None;
+    for k in 1..200 {
+        let read = w.scope(true).run(async {
+            let (on_replica, seen) = w.look().await?;
+            let mut conn = transactional::data_source(w.name)
+                .connection::<sqlx::Postgres>()
+                .await?;
+            conn.execute("SELECT pg_sleep(0.01)").await?;
+            Ok::<_, transactional::Error>((on_replica, seen))
+        });
+        if let Some(done) = poll_at_most(read, k).await {
+            assert_eq!(done.unwrap().1, 1);
+            completed = Some(k);
+            break;
+        }
+        for _ in 0..100 {
+            if idle_in_transaction().await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            idle_in_transaction().await,
+            0,
+            "dropped after {k} polls: a session left in a transaction"
+        );
+        assert_eq!(w.read().await.1, 1, "the next read works");
+    }
+    assert!(
+        completed.is_some_and(|k| k > 1),
+        "dropped at least once before it completed: {completed:?}"
+    );
+}
+
+/// Polls `fut` at most `polls` times (each after it woke up), then drops it.
+async fn poll_at_most<F: std::future::Future>(fut: F, polls: usize) -> Option<F::Output> {
+    let mut fut = Box::pin(fut);
+    let mut polled = 0;
+    std::future::poll_fn(|cx| {
+        polled += 1;
+        match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+            std::task::Poll::Pending if polled >= polls => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// A replica that stops answering (its connections cut, new ones refused) is skipped: reads
 /// keep succeeding, on the primary, and return to it once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
