@@ -223,9 +223,9 @@ impl TransactionLayer {
     /// Read-your-writes across instances, for a data source with read replicas
     /// ([`register_with_replicas`](crate::register_with_replicas)): every response carries, in
     /// `header`, the position of the latest commit this instance made there (the request's
-    /// own, or a later one; see [`commit_position`](crate::commit_position)), and a request
+    /// own, or a later one; see [`commit_position`]), and a request
     /// that sends it back runs its read-only transactions only on replicas that have replayed
-    /// it, else on the primary ([`read_after`](crate::read_after)). A client that keeps the
+    /// it, else on the primary ([`read_after`]). A client that keeps the
     /// header (or a cookie its gateway sets from it) reads its own writes, whichever instance
     /// serves it. A value that is not a position is ignored.
     pub fn read_your_writes(mut self, header: HeaderName) -> Self {
