@@ -290,6 +290,95 @@ async fn read_after_a_position_from_another_instance() {
     paused.unwrap();
 }
 
+/// A replica further behind the primary than `max_lag` is skipped even by reads that wait for
+/// no commit of theirs (the write here is not this instance's), and used again once it has
+/// caught up; `pool_status` shows how long it has been behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_is_skipped() {
+    let _turn = TURN.lock().await;
+    let Some(w) = World::new("lag", None).await else {
+        return;
+    };
+    let lagging: &'static str = Box::leak(format!("{}_lag", w.name).into_boxed_str());
+    let settings = ReplicaSettings::new()
+        .check_every(Duration::from_millis(20))
+        .max_lag(Some(Duration::from_millis(200)));
+    transactional::register_with_replicas(
+        lagging,
+        w.primary.clone(),
+        vec![w.replica.clone()],
+        settings,
+    )
+    .unwrap();
+    let read = || async {
+        Transactional::new()
+            .data_source(lagging)
+            .read_only(true)
+            .run(async {
+                let mut conn = transactional::data_source(lagging)
+                    .connection::<sqlx::Postgres>()
+                    .await?;
+                let sql = format!("SELECT pg_is_in_recovery(), COUNT(*) FROM {}", w.table);
+                Ok::<(bool, i64), transactional::Error>(
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            })
+            .await
+            .unwrap()
+    };
+    let mut reached = false;
+    for _ in 0..500 {
+        if read().await.0 {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reached, "reads reach the replica");
+    w.replica
+        .execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    let paused = AssertUnwindSafe(async {
+        // Written behind the library's back: no commit of this instance to wait for.
+        w.primary
+            .execute(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {} VALUES (7)",
+                w.table
+            )))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = transactional::pool_status(lagging).unwrap();
+        assert!(
+            status.replicas[0].behind_for >= Duration::from_millis(200),
+            "{status:?}"
+        );
+        for _ in 0..10 {
+            assert_eq!(read().await, (false, 1), "lagging past 200 ms: the primary");
+        }
+    })
+    .catch_unwind()
+    .await;
+    w.replica
+        .execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    let mut back = false;
+    for _ in 0..500 {
+        if read().await == (true, 1) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    transactional::deregister(lagging);
+    paused.unwrap();
+    assert!(back, "the replica serves reads again once it has caught up");
+}
+
 /// A read-only scope on the replica, dropped after its 1st, 2nd, … k-th poll until it
 /// completes: no session is left in a transaction on either server, and the next read works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

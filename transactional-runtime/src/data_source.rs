@@ -2,10 +2,11 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use once_cell::sync::Lazy;
@@ -72,6 +73,10 @@ pub struct ReplicaSettings {
     /// How long a read-only transaction may wait for a connection of a replica before it goes
     /// to the primary (default 250 ms).
     pub acquire_timeout: Duration,
+    /// A replica further behind the primary than this is skipped, even by reads that wait for
+    /// no commit of theirs (default 5 s; `None`: no bound). Behind is measured from the oldest
+    /// primary position, among those its monitor saw, that the replica has not replayed yet.
+    pub max_lag: Option<Duration>,
 }
 
 impl ReplicaSettings {
@@ -80,7 +85,14 @@ impl ReplicaSettings {
         ReplicaSettings {
             check_every: Duration::from_millis(100),
             acquire_timeout: Duration::from_millis(250),
+            max_lag: Some(Duration::from_secs(5)),
         }
+    }
+
+    /// Sets [`max_lag`](Self::max_lag).
+    pub const fn max_lag(mut self, lag: Option<Duration>) -> Self {
+        self.max_lag = lag;
+        self
     }
 
     /// Sets [`check_every`](Self::check_every).
@@ -111,12 +123,17 @@ pub(crate) struct Replica {
     up: AtomicBool,
     /// How far it had replayed the primary's WAL at that check (bytes since 0/0), or -1.
     replayed: AtomicI64,
+    /// The primary's positions its monitor saw that the replica had not replayed yet, oldest
+    /// first, with when they were seen: the oldest tells how far behind it is.
+    behind: Mutex<VecDeque<(Instant, i64)>>,
 }
 
 impl Replica {
     /// Whether a read-only transaction that must see the commits up to `required` may use it.
     pub(crate) fn usable(&self, required: i64) -> bool {
-        self.up.load(Ordering::Acquire) && self.replayed.load(Ordering::Acquire) >= required
+        self.up.load(Ordering::Acquire)
+            && self.replayed.load(Ordering::Acquire) >= required
+            && self.settings.max_lag.is_none_or(|max| self.lag() <= max)
     }
 
     pub(crate) fn new(index: usize, source: Arc<dyn Source>, settings: ReplicaSettings) -> Replica {
@@ -126,6 +143,29 @@ impl Replica {
             settings,
             up: AtomicBool::new(false),
             replayed: AtomicI64::new(-1),
+            behind: Mutex::default(),
+        }
+    }
+
+    /// How long it has been behind the primary (zero when it has replayed every position its
+    /// monitor saw).
+    pub(crate) fn lag(&self) -> Duration {
+        let behind = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+        behind
+            .front()
+            .map_or(Duration::ZERO, |(seen, _)| seen.elapsed())
+    }
+
+    /// The primary was at `position` (its monitor's check).
+    pub(crate) fn primary_at(&self, position: i64) {
+        let mut behind = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+        let replayed = self.replayed.load(Ordering::Acquire);
+        behind.retain(|(_, at)| *at > replayed);
+        if position > replayed && behind.back().is_none_or(|(_, at)| *at < position) {
+            if behind.len() == 1024 {
+                behind.pop_back();
+            }
+            behind.push_back((Instant::now(), position));
         }
     }
 
@@ -180,6 +220,7 @@ impl Replicas {
                     answering: replica.up.load(Ordering::Acquire),
                     replayed: u64::try_from(replayed).ok(),
                     caught_up: replayed >= required,
+                    behind_for: replica.lag(),
                 }
             })
             .collect()

@@ -11,7 +11,7 @@ use sqlx::{Database, Executor, Pool};
 use crate::data_source::{
     insert, DataSource, DataSourceSettings, Replica, ReplicaSettings, Replicas,
 };
-use crate::dialect::{Dialect, REPLAYED_POSITION};
+use crate::dialect::{Dialect, COMMITTED_POSITION, REPLAYED_POSITION};
 use crate::error::Error;
 
 /// Registers `primary` under `name` with read replicas of it (PostgreSQL streaming
@@ -34,8 +34,8 @@ where
     for<'r> (Option<i64>,): sqlx::FromRow<'r, DB::Row>,
     DB::Arguments: sqlx::IntoArguments<DB>,
 {
-    let mut data_source = DataSource::from_pool(name, primary, DataSourceSettings::new())?;
-    data_source.replicas = self::replicas(name, data_source.dialect, replicas, settings)?;
+    let mut data_source = DataSource::from_pool(name, primary.clone(), DataSourceSettings::new())?;
+    data_source.replicas = self::replicas(name, data_source.dialect, &primary, replicas, settings)?;
     insert(data_source)
 }
 
@@ -44,6 +44,7 @@ where
 fn replicas<DB>(
     name: &str,
     dialect: Dialect,
+    primary: &Pool<DB>,
     pools: Vec<Pool<DB>>,
     settings: ReplicaSettings,
 ) -> Result<Replicas, Error>
@@ -69,45 +70,71 @@ where
     let mut list = Vec::new();
     for (index, pool) in pools.into_iter().enumerate() {
         let replica = Arc::new(Replica::new(index, Arc::new(pool.clone()), settings));
-        runtime.spawn(monitor(Arc::downgrade(&replica), pool, name.to_owned()));
+        let watched = Watched {
+            replica: Arc::downgrade(&replica),
+            pool,
+            primary: primary.clone(),
+            name: name.to_owned(),
+        };
+        runtime.spawn(watched.monitor());
         list.push(replica);
     }
     Ok(Replicas::of(list))
 }
 
-/// Asks the replica every `check_every` how far it has replayed, until it is dropped.
-async fn monitor<DB>(replica: Weak<Replica>, pool: Pool<DB>, name: String)
+/// What a monitor watches: a replica, and the primary it follows.
+struct Watched<DB: Database> {
+    replica: Weak<Replica>,
+    pool: Pool<DB>,
+    primary: Pool<DB>,
+    name: String,
+}
+
+impl<DB> Watched<DB>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'r> (Option<i64>,): sqlx::FromRow<'r, DB::Row>,
     DB::Arguments: sqlx::IntoArguments<DB>,
 {
-    let mut was_up = None;
-    loop {
-        let Some(every) = replica.upgrade().map(|r| r.settings.check_every) else {
-            return;
-        };
+    /// Asks, every `check_every` until the replica is dropped, where the primary is and how
+    /// far the replica has replayed.
+    async fn monitor(self) {
+        let mut was_up = None;
+        loop {
+            let Some(every) = self.replica.upgrade().map(|r| r.settings.check_every) else {
+                return;
+            };
+            let primary_at = self.position(&self.primary, COMMITTED_POSITION).await;
+            let replayed = self.position(&self.pool, REPLAYED_POSITION).await;
+            let Some(replica) = self.replica.upgrade() else {
+                return;
+            };
+            replica.saw(replayed);
+            if let Some(position) = primary_at {
+                replica.primary_at(position);
+            }
+            let up = replayed.is_some();
+            if was_up != Some(up) {
+                tracing::info!(target: crate::TARGET, data_source = %self.name, replica = replica.index, up, "replica {}", if up { "answers" } else { "does not answer; reads go to the primary" });
+                was_up = Some(up);
+            }
+            drop(replica);
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// A WAL position `pool`'s server reports, if it answers within a second.
+    async fn position(&self, pool: &Pool<DB>, sql: &'static str) -> Option<i64> {
         let asked = tokio::time::timeout(
             Duration::from_secs(1),
-            sqlx::query_as::<DB, (Option<i64>,)>(REPLAYED_POSITION).fetch_one(&pool),
+            sqlx::query_as::<DB, (Option<i64>,)>(sql).fetch_one(pool),
         )
         .await;
-        let replayed = match asked {
-            Ok(Ok((Some(position),))) => Some(position),
+        match asked {
+            Ok(Ok((position,))) => position,
             _ => None,
-        };
-        let Some(replica) = replica.upgrade() else {
-            return;
-        };
-        replica.saw(replayed);
-        let up = replayed.is_some();
-        if was_up != Some(up) {
-            tracing::info!(target: crate::TARGET, data_source = %name, replica = replica.index, up, "replica {}", if up { "answers" } else { "does not answer; reads go to the primary" });
-            was_up = Some(up);
         }
-        drop(replica);
-        tokio::time::sleep(every).await;
     }
 }
 

@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Awaits `acquire`, counted as a caller waiting for a connection; also says whether
 /// transactions suspended by REQUIRES_NEW or NOT_SUPPORTED scopes held connections at any time
@@ -81,6 +82,8 @@ pub struct ReplicaStatus {
     pub replayed: Option<u64>,
     /// Whether it had replayed every commit this process made on the primary.
     pub caught_up: bool,
+    /// How long it has been behind the primary (see `ReplicaSettings::max_lag`).
+    pub behind_for: Duration,
 }
 
 impl fmt::Display for PoolStatus {
