@@ -34,8 +34,10 @@ pub(crate) const REPLAYED_POSITION: &str =
     "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
 
 /// PostgreSQL primaries with replicas: the WAL position after a COMMIT, in bytes, read in the
-/// COMMIT's round trip.
-pub(crate) const COMMITTED_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+/// COMMIT's round trip; 0 on a server in recovery (a pool that points at a standby after a
+/// failover), where the position cannot be read and must not fail the COMMIT before it.
+pub(crate) const COMMITTED_POSITION: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN 0 \
+     ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint END";
 
 /// The statements that begin one transaction, sent in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
