@@ -4,11 +4,15 @@
 //! Which server ran a transaction: `pg_is_in_recovery()`. The tests take turns (one pauses the
 //! replica's replay).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::poll_at_most;
 use futures_util::FutureExt;
 use sqlx::{Executor, PgPool};
 use transactional::{Isolation, Propagation, ReplicaSettings, Transactional};
@@ -141,6 +145,24 @@ impl World {
     }
 }
 
+/// Runs `fut` with the replica's replay paused, and resumes replay whatever `fut` did (its
+/// panic is returned, for the caller to resume after its own clean-up).
+async fn paused_replay<T>(
+    replica: &PgPool,
+    fut: impl std::future::Future<Output = T>,
+) -> std::thread::Result<T> {
+    replica
+        .execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    let ran = AssertUnwindSafe(fut).catch_unwind().await;
+    replica
+        .execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    ran
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         transactional::deregister(self.name);
@@ -199,11 +221,7 @@ async fn read_your_writes_with_replay_paused() {
     };
     w.write(1).await;
     w.read_on_replica(1).await;
-    w.replica
-        .execute("SELECT pg_wal_replay_pause()")
-        .await
-        .unwrap();
-    let paused = AssertUnwindSafe(async {
+    let paused = paused_replay(&w.replica, async {
         w.write(2).await;
         for _ in 0..20 {
             let (on_replica, seen) = w.read().await;
@@ -215,13 +233,8 @@ async fn read_your_writes_with_replay_paused() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-    .catch_unwind()
     .await;
-    w.replica
-        .execute("SELECT pg_wal_replay_resume()")
-        .await
-        .unwrap();
-    paused.unwrap();
+    paused.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     w.read_on_replica(2).await;
 }
 
@@ -246,11 +259,7 @@ async fn read_after_a_position_from_another_instance() {
     assert_eq!(transactional::commit_position(other).unwrap(), None);
     w.write(1).await;
     w.read_on_replica(1).await;
-    w.replica
-        .execute("SELECT pg_wal_replay_pause()")
-        .await
-        .unwrap();
-    let paused = AssertUnwindSafe(async {
+    let paused = paused_replay(&w.replica, async {
         // The other instance commits, and hands its position out (a cookie, a header).
         Transactional::new()
             .data_source(other)
@@ -280,14 +289,9 @@ async fn read_after_a_position_from_another_instance() {
             (false, 2)
         );
     })
-    .catch_unwind()
     .await;
-    w.replica
-        .execute("SELECT pg_wal_replay_resume()")
-        .await
-        .unwrap();
     transactional::deregister(other);
-    paused.unwrap();
+    paused.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }
 
 /// A replica further behind the primary than `max_lag` is skipped even by reads that wait for
@@ -337,11 +341,7 @@ async fn a_lagging_replica_is_skipped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(reached, "reads reach the replica");
-    w.replica
-        .execute("SELECT pg_wal_replay_pause()")
-        .await
-        .unwrap();
-    let paused = AssertUnwindSafe(async {
+    let paused = paused_replay(&w.replica, async {
         // Written behind the library's back: no commit of this instance to wait for.
         w.primary
             .execute(sqlx::AssertSqlSafe(format!(
@@ -360,12 +360,7 @@ async fn a_lagging_replica_is_skipped() {
             assert_eq!(read().await, (false, 1), "lagging past 200 ms: the primary");
         }
     })
-    .catch_unwind()
     .await;
-    w.replica
-        .execute("SELECT pg_wal_replay_resume()")
-        .await
-        .unwrap();
     let mut back = false;
     for _ in 0..500 {
         if read().await == (true, 1) {
@@ -375,7 +370,7 @@ async fn a_lagging_replica_is_skipped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     transactional::deregister(lagging);
-    paused.unwrap();
+    paused.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     assert!(back, "the replica serves reads again once it has caught up");
 }
 
@@ -442,21 +437,6 @@ async fn dropped_at_every_poll() {
         completed.is_some_and(|k| k > 1),
         "dropped at least once before it completed: {completed:?}"
     );
-}
-
-/// Polls `fut` at most `polls` times (each after it woke up), then drops it.
-async fn poll_at_most<F: std::future::Future>(fut: F, polls: usize) -> Option<F::Output> {
-    let mut fut = Box::pin(fut);
-    let mut polled = 0;
-    std::future::poll_fn(|cx| {
-        polled += 1;
-        match fut.as_mut().poll(cx) {
-            std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
-            std::task::Poll::Pending if polled >= polls => std::task::Poll::Ready(None),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    })
-    .await
 }
 
 /// A replica that stops answering (its connections cut, new ones refused) is skipped: reads
