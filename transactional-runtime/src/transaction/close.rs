@@ -406,9 +406,7 @@ impl Transaction {
     /// Whether its COMMIT reads the primary's position after it: a read-write transaction on
     /// the primary of a data source with replicas.
     fn tracks_position(&self) -> bool {
-        !self.options.read_only
-            && !self.data_source.replicas.is_empty()
-            && self.replica.get().is_none()
+        !self.options.read_only && !self.data_source.replicas.is_empty() && !self.on_replica()
     }
 
     /// What a COMMIT or ROLLBACK the database answered with `source` means, given what the

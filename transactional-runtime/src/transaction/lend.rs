@@ -173,11 +173,22 @@ impl Transaction {
         };
         let batch = Batch::new(self.dialect(), &plan, plan.session && conn.reads_ints());
         if plan.begin {
-            if let Err(error) = self.send_begin(&mut conn, &batch, &plan).await {
+            while let Err(error) = self.send_begin(&mut conn, &batch, &plan).await {
                 // Its state is unknown: `conn` is closed as it is dropped.
                 drop(conn);
-                self.give_back(None);
-                return Err(error);
+                let replica = self
+                    .replica
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                let Some(replica) = replica else {
+                    self.give_back(None);
+                    return Err(error);
+                };
+                // A replica that failed BEGIN: nothing ran, so the primary takes over.
+                replica.mark_down();
+                tracing::warn!(target: crate::trace::TARGET, data_source = %self.data_source.name, replica = replica.index, %error, "a replica failed BEGIN; the transaction goes to the primary");
+                conn = self.acquire_first().await?;
             }
         }
         if plan.settle {
@@ -232,7 +243,7 @@ impl Transaction {
                 }
             }
         }
-        let source = self.source().clone();
+        let source = self.source();
         match counted_wait(&ds.usage, source.acquire()).await {
             (Ok(conn), _) => self.took(conn, None),
             (Err(source), starved) => {
@@ -253,7 +264,7 @@ impl Transaction {
         self.options.read_only
             && self.options.isolation != Isolation::Serializable
             && !self.data_source.replicas.is_empty()
-            && self.replica.get().is_none()
+            && !self.on_replica()
     }
 
     /// The first connection is here (from `replica`, if any): the transaction runs on it,
@@ -272,7 +283,7 @@ impl Transaction {
         }
         st.slot = Slot::Busy;
         if let Some(replica) = replica {
-            let _ = self.replica.set(replica.clone());
+            *self.replica.lock().unwrap_or_else(|e| e.into_inner()) = Some(replica.clone());
             tracing::debug!(target: crate::trace::TARGET, data_source = %self.data_source.name, replica = replica.index, "a read-only transaction runs on a replica");
         }
         Ok(conn)

@@ -15,7 +15,7 @@ mod state;
 mod underneath;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -80,7 +80,7 @@ pub(crate) struct Transaction {
     savepoints: AtomicU32,
     /// The replica a read-only transaction runs on (set with its first connection); none: the
     /// data source's own pool. Cancels go where the transaction runs.
-    replica: OnceLock<Arc<Replica>>,
+    replica: Mutex<Option<Arc<Replica>>>,
     /// The commit position the task that began it asked replicas to have replayed.
     read_after: Option<i64>,
 }
@@ -101,7 +101,7 @@ impl Transaction {
             ended: AtomicBool::new(false),
             interrupt: Arc::new(AtomicBool::new(false)),
             savepoints: AtomicU32::new(0),
-            replica: OnceLock::new(),
+            replica: Mutex::new(None),
             read_after: None,
         }
     }
@@ -113,11 +113,19 @@ impl Transaction {
     }
 
     /// Where its connection comes from: the replica it runs on, or the data source's pool.
-    pub(crate) fn source(&self) -> &Arc<dyn Source> {
-        match self.replica.get() {
-            Some(replica) => &replica.source,
-            None => &self.data_source.source,
+    pub(crate) fn source(&self) -> Arc<dyn Source> {
+        match &*self.replica.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(replica) => replica.source.clone(),
+            None => self.data_source.source.clone(),
         }
+    }
+
+    /// Whether it runs on a replica.
+    pub(crate) fn on_replica(&self) -> bool {
+        self.replica
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Savepoints are numbered per transaction: `tx_sp_1`, `tx_sp_2`, …
@@ -204,7 +212,7 @@ impl Transaction {
                 ran = &mut run => break Some(ran),
                 () = &mut give_up => break None,
                 _ = resend.tick(), if again.is_some() => {
-                    let source = self.source().clone();
+                    let source = self.source();
                     let sql = again.clone().expect("checked by the branch's condition");
                     landing.push(async move {
                         let _ = tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await;
@@ -235,7 +243,7 @@ impl Transaction {
             .and_then(|session| self.dialect().terminate(session));
         if let Some(sql) = terminate {
             tracing::warn!(target: crate::trace::TARGET, "a cancelled statement is still running; ending its session");
-            let source = self.source().clone();
+            let source = self.source();
             match tokio::time::timeout(CANCEL_TIMEOUT, source.run_aside(sql)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
@@ -402,7 +410,7 @@ impl Transaction {
         else {
             return;
         };
-        let source = self.source().clone();
+        let source = self.source();
         st.cancels.start();
         drop(st);
         // Counted until it lands, or is dropped unsent (no runtime to send it on).
