@@ -323,7 +323,7 @@ pub fn commit_position(data_source: &str) -> Result<Option<CommitPosition>, Erro
         .replicas
         .latest()
         .and_then(|at| u64::try_from(at).ok())
-        .map(CommitPosition))
+        .map(|at| CommitPosition::new(ds.dialect, at)))
 }
 
 /// Runs `fut` with its read-only transactions of `data_source` kept off the replicas that
@@ -334,7 +334,7 @@ pub async fn read_after<F: Future>(
     position: CommitPosition,
     fut: F,
 ) -> F::Output {
-    let position = i64::try_from(position.0).unwrap_or(i64::MAX);
+    let position = position.at();
     Context::current()
         .with_read_after(data_source, position)
         .scope(fut)

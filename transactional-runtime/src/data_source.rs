@@ -194,6 +194,9 @@ pub(crate) struct Replicas {
     /// The greatest commit position (bytes since 0/0) of the transactions this process
     /// committed on the primary.
     committed: AtomicI64,
+    /// The primary cannot tell a commit's position (MySQL has no `@@last_gtid`): COMMITs stop
+    /// asking, and no replica is used.
+    unreadable: AtomicBool,
 }
 
 impl Replicas {
@@ -201,6 +204,19 @@ impl Replicas {
         Replicas {
             list,
             committed: AtomicI64::new(0),
+            unreadable: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a read-write COMMIT on the primary reads the position it reached.
+    pub(crate) fn track(&self) -> bool {
+        !self.list.is_empty() && !self.unreadable.load(Ordering::Acquire)
+    }
+
+    /// The primary of `data_source` answered that it cannot tell a commit's position.
+    pub(crate) fn positions_unreadable(&self, data_source: &str) {
+        if !self.unreadable.swap(true, Ordering::AcqRel) {
+            tracing::error!(target: crate::TARGET, data_source, "the primary cannot tell a commit's position (no `@@last_gtid`: MySQL, not MariaDB); its replicas are not used");
         }
     }
 
@@ -235,9 +251,10 @@ impl Replicas {
     /// that replayed this process's commits and `also` (a position the task carries).
     pub(crate) fn candidates(&self, also: Option<i64>) -> impl Iterator<Item = &Arc<Replica>> {
         let required = self.required().max(also.unwrap_or(0));
+        let readable = !self.unreadable.load(Ordering::Acquire);
         self.list
             .iter()
-            .filter(move |replica| replica.usable(required))
+            .filter(move |replica| readable && replica.usable(required))
     }
 
     /// A commit on the primary reached `position`.

@@ -30,14 +30,47 @@ const MYSQL_AUTOCOMMIT_ON: &str = "SET autocommit = 1";
 
 /// PostgreSQL replicas: how far a standby has replayed the primary's WAL, in bytes (NULL on
 /// a primary).
-pub(crate) const REPLAYED_POSITION: &str =
-    "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
+const PG_REPLAYED: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
 
 /// PostgreSQL primaries with replicas: the WAL position after a COMMIT, in bytes, read in the
 /// COMMIT's round trip; 0 on a server in recovery (a pool that points at a standby after a
 /// failover), where the position cannot be read and must not fail the COMMIT before it.
-pub(crate) const COMMITTED_POSITION: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN 0 \
+const PG_COMMITTED: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN 0 \
      ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint END";
+
+/// MariaDB primaries with replicas: the sequence number of the GTID this session's COMMIT
+/// wrote (`@@last_gtid`, `domain-server-sequence`), read in the COMMIT's round trip; NULL when
+/// it is in another domain than the server's (a session that chose its own) or the session
+/// wrote no GTID (the binary log is off).
+const MARIADB_COMMITTED: &str =
+    "SELECT IF(@@last_gtid LIKE CONCAT(@@GLOBAL.gtid_domain_id, '-%'), \
+     CAST(SUBSTRING_INDEX(@@last_gtid, '-', -1) AS SIGNED), NULL)";
+
+/// MariaDB primaries: the GTID domain their commits go to, which replica positions are read in.
+const MARIADB_DOMAIN: &str = "SELECT CAST(@@GLOBAL.gtid_domain_id AS SIGNED)";
+
+/// MySQL's `ER_UNKNOWN_SYSTEM_VARIABLE`: a MySQL (not MariaDB) server has no `@@last_gtid`.
+const MYSQL_UNKNOWN_VARIABLE: &str = "1193";
+
+/// How a replicated data source reads positions (docs/SEMANTICS.md, "Replicas"): where its
+/// primary is, and how far a replica has replayed, both as numbers that grow with each commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PositionQueries {
+    /// The primary's latest position.
+    pub primary: String,
+    /// How far a replica has replayed (NULL, or an error, where it is not one).
+    pub replayed: String,
+}
+
+/// The sequence number of `domain` in a MariaDB GTID position held by `variable`
+/// (`0-1-42,1-2-7`), 0 when the domain has none yet.
+fn mariadb_sequence(variable: &str, domain: i64) -> String {
+    let after = format!("SUBSTRING_INDEX(CONCAT(',', {variable}), ',{domain}-', -1)");
+    format!(
+        "SELECT IF(LOCATE(',{domain}-', CONCAT(',', {variable})) = 0, 0, \
+         CAST(SUBSTRING_INDEX(SUBSTRING_INDEX({after}, ',', 1), '-', -1) AS SIGNED))"
+    )
+}
 
 /// The statements that begin one transaction, sent in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +131,47 @@ impl Dialect {
             "mysql" | "mariadb" => Some(Dialect::MySql),
             "sqlite" => Some(Dialect::Sqlite),
             _ => None,
+        }
+    }
+
+    /// Read, in the COMMIT's round trip, the position a read-write commit on a replicated
+    /// primary reached; `None` where the library has no replicas for this database.
+    pub(crate) fn commit_position(self) -> Option<&'static str> {
+        match self {
+            Dialect::Postgres => Some(PG_COMMITTED),
+            Dialect::MySql => Some(MARIADB_COMMITTED),
+            Dialect::Sqlite => None,
+        }
+    }
+
+    /// Whether `error`, answering COMMIT followed by [`Dialect::commit_position`], says only
+    /// that the position cannot be read on this server (a MySQL primary): the statements
+    /// before it, COMMIT included, ran.
+    pub(crate) fn position_unreadable(self, error: &dyn sqlx::error::DatabaseError) -> bool {
+        self == Dialect::MySql
+            && error.code().as_deref() == Some(MYSQL_UNKNOWN_VARIABLE)
+            && error.message().contains("last_gtid")
+    }
+
+    /// Asks a primary the replication domain its positions are in: `None` where there is
+    /// only one (PostgreSQL).
+    pub(crate) fn position_domain(self) -> Option<&'static str> {
+        (self == Dialect::MySql).then_some(MARIADB_DOMAIN)
+    }
+
+    /// How a replica's monitor reads positions in `domain` (see
+    /// [`Dialect::position_domain`]).
+    pub(crate) fn position_queries(self, domain: i64) -> Option<PositionQueries> {
+        match self {
+            Dialect::Postgres => Some(PositionQueries {
+                primary: PG_COMMITTED.to_owned(),
+                replayed: PG_REPLAYED.to_owned(),
+            }),
+            Dialect::MySql => Some(PositionQueries {
+                primary: mariadb_sequence("@@GLOBAL.gtid_binlog_pos", domain),
+                replayed: mariadb_sequence("@@GLOBAL.gtid_slave_pos", domain),
+            }),
+            Dialect::Sqlite => None,
         }
     }
 

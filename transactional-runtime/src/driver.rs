@@ -144,8 +144,9 @@ mod concrete {
                     let conn: &mut <$db as Database>::Connection = conn;
                     let rows = sqlx::raw_sql(AssertSqlSafe($sql)).fetch_all(conn).await?;
                     rows.last()
-                        .map(|row| sqlx::Row::try_get::<i64, _>(row, 0))
+                        .map(|row| sqlx::Row::try_get::<Option<i64>, _>(row, 0))
                         .transpose()
+                        .map(Option::flatten)
                 }));
             }
         };

@@ -340,22 +340,32 @@ impl Transaction {
         conn.ending();
         let ended = if commit {
             self.lock().life = Life::Committing;
-            let answered = match self.tracks_position() {
+            let answered = match self.tracks_position().then(|| dialect.commit_position()) {
                 // The position after the commit rides in COMMIT's round trip: read-only
                 // transactions then wait for a replica to have replayed it.
-                true => conn
-                    .query_int(&format!(
-                        "{}; {}",
-                        end.sql,
-                        crate::dialect::COMMITTED_POSITION
-                    ))
-                    .await
-                    .map(|position| {
-                        if let Some(position) = position {
-                            self.data_source.replicas.committed(position);
+                Some(Some(position_sql)) => {
+                    let replicas = &self.data_source.replicas;
+                    match conn
+                        .query_int(&format!("{}; {position_sql}", end.sql))
+                        .await
+                    {
+                        Ok(position) => {
+                            if let Some(position) = position {
+                                replicas.committed(position);
+                            }
+                            Ok(())
                         }
-                    }),
-                false => conn.run(&end.sql).await,
+                        // The statements before the position's ran, COMMIT included.
+                        Err(sqlx::Error::Database(error))
+                            if dialect.position_unreadable(&*error) =>
+                        {
+                            replicas.positions_unreadable(&self.data_source.name);
+                            Ok(())
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
+                _ => conn.run(&end.sql).await,
             };
             // Answered, or not (an unknown outcome): no longer waiting for it.
             self.lock().life = Life::Begun;
@@ -406,7 +416,7 @@ impl Transaction {
     /// Whether its COMMIT reads the primary's position after it: a read-write transaction on
     /// the primary of a data source with replicas.
     fn tracks_position(&self) -> bool {
-        !self.options.read_only && !self.data_source.replicas.is_empty() && !self.on_replica()
+        !self.options.read_only && self.data_source.replicas.track() && !self.on_replica()
     }
 
     /// What a COMMIT or ROLLBACK the database answered with `source` means, given what the
