@@ -431,6 +431,7 @@ impl DataSource {
             transactions: self.usage.transactions(),
             waiting: self.usage.waiting(),
             replicas: self.replicas.status(),
+            retried: self.usage.retried(),
         }
     }
 

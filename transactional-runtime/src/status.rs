@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +68,10 @@ pub struct PoolStatus {
     pub waiting: usize,
     /// Its read replicas, in the order they were registered (none for most data sources).
     pub replicas: Vec<ReplicaStatus>,
+    /// Attempts of retried scopes (`retry = N`) that the database refused for a concurrent
+    /// transaction and that were run again, since the data source was registered: deadlocks,
+    /// serialization failures, and a Galera cluster's certification conflicts.
+    pub retried: u64,
 }
 
 /// One read replica, as its monitor last saw it: part of [`PoolStatus`].
@@ -78,7 +82,8 @@ pub struct ReplicaStatus {
     pub index: usize,
     /// It answered its monitor's last check: read-only transactions may go to it.
     pub answering: bool,
-    /// How far it had replayed the primary's WAL (bytes since 0/0).
+    /// How far it had replayed the primary's commits (PostgreSQL: WAL bytes since 0/0;
+    /// MariaDB: the GTID sequence number in the primary's domain).
     pub replayed: Option<u64>,
     /// Whether it had replayed every commit this process made on the primary.
     pub caught_up: bool,
@@ -108,6 +113,9 @@ impl fmt::Display for PoolStatus {
             };
             write!(f, "; replica {}: {state}", replica.index)?;
         }
+        if self.retried > 0 {
+            write!(f, "; {} attempts refused and run again", self.retried)?;
+        }
         Ok(())
     }
 }
@@ -130,6 +138,8 @@ pub(crate) struct Usage {
     /// How many such suspensions began, ever: a waiter that sees it change knows one happened
     /// while it waited.
     suspensions: AtomicUsize,
+    /// Attempts refused for a concurrent transaction and run again (`retry`).
+    retried: AtomicU64,
 }
 
 /// The advice an exhausted pool's error gives (see `Error::Acquire`): when transactions
@@ -154,6 +164,15 @@ impl Usage {
 
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
+    /// An attempt was refused for a concurrent transaction: another follows.
+    pub(crate) fn retrying(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -241,6 +241,7 @@ impl End {
         if again {
             // Another attempt follows: this one's after-* hooks are discarded.
             trace::retrying(&self.span);
+            data_source.usage.retrying();
             drop(self.frame.level.hooks.take());
         } else {
             self.phase.set(Phase::Hooks);
@@ -427,6 +428,7 @@ impl End {
         });
         if again {
             trace::retrying(&self.span);
+            self.frame.tx().data_source.usage.retrying();
         }
         let detail = match cause {
             Some(RollbackCause::Error | RollbackCause::Panic) => self.detail.as_deref(),
