@@ -121,7 +121,8 @@ pub(crate) struct Replica {
     pub settings: ReplicaSettings,
     /// It answered its monitor's last check.
     up: AtomicBool,
-    /// How far it had replayed the primary's WAL at that check (bytes since 0/0), or -1.
+    /// How far it had replayed the primary's commits at that check (a position: see
+    /// `Dialect::position_queries`), or -1.
     replayed: AtomicI64,
     /// The primary's positions its monitor saw that the replica had not replayed yet, oldest
     /// first, with when they were seen: the oldest tells how far behind it is.
@@ -191,7 +192,7 @@ impl Replica {
 #[derive(Default)]
 pub(crate) struct Replicas {
     pub list: Vec<Arc<Replica>>,
-    /// The greatest commit position (bytes since 0/0) of the transactions this process
+    /// The greatest commit position of the transactions this process
     /// committed on the primary.
     committed: AtomicI64,
     /// The primary cannot tell a commit's position (MySQL has no `@@last_gtid`): COMMITs stop
