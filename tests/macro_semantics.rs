@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{AppError, AppResult, Env, Lite, Pg, TestDb};
+use common::{AppError, AppResult, Env, Lite, My, Pg, TestDb};
 use transactional::transactional;
 
 struct OrderService<D: TestDb> {
@@ -109,6 +109,75 @@ async fn annotated_methods_and_trait_impls_on_sqlite() {
 #[tokio::test]
 async fn annotated_methods_and_trait_impls_on_postgres() {
     service_semantics::<Pg>().await;
+}
+
+/// Spring's class-level `@Transactional`: the block's options on every `async fn` of it.
+struct Checkout<D: TestDb> {
+    env: Arc<Env<D>>,
+}
+
+#[transactional(timeout = "5s")]
+impl<D: TestDb> Checkout<D>
+where
+    for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
+{
+    /// Not async: untouched.
+    fn env(&self) -> &Env<D> {
+        &self.env
+    }
+
+    /// The block's options: a transaction of its own, rolled back by an `Err`.
+    async fn pay(&self, id: i64, fail: bool) -> AppResult<bool> {
+        self.env().insert(id).await?;
+        self.receipt(id + 1).await?;
+        if fail {
+            return Err(AppError::Boom("card declined"));
+        }
+        Ok(transactional::is_active())
+    }
+
+    /// Its own attribute replaces the block's: kept when the caller rolls back.
+    #[transactional(propagation = "REQUIRES_NEW")]
+    async fn receipt(&self, id: i64) -> AppResult<()> {
+        self.env.insert(id).await
+    }
+
+    /// Left out: runs without a transaction of its own (inside `pay`'s it would join it, as
+    /// plain code does).
+    #[transactional(skip)]
+    async fn active(&self) -> bool {
+        transactional::is_active()
+    }
+}
+
+async fn impl_block_semantics<D: TestDb>()
+where
+    for<'c> &'c mut <D::DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::DB>,
+{
+    let Some(env) = Env::<D>::new("impl_block").await else {
+        return;
+    };
+    let env = Arc::new(env);
+    let checkout = Checkout { env: env.clone() };
+    env.run(async {
+        assert!(checkout.pay(1, false).await.unwrap(), "in a transaction");
+        assert!(checkout.pay(10, true).await.unwrap_err().is_boom());
+        assert!(!checkout.active().await, "skipped: no transaction");
+    })
+    .await;
+    // 10 rolled back; the receipts (REQUIRES_NEW) of both kept.
+    assert_eq!(env.ids().await, vec![1, 2, 11]);
+}
+
+#[tokio::test]
+async fn an_annotated_impl_block_on_postgres() {
+    impl_block_semantics::<Pg>().await;
+}
+
+/// (Not SQLite: its REQUIRES_NEW inside a writing transaction waits for that one to end.)
+#[tokio::test]
+async fn an_annotated_impl_block_on_mariadb() {
+    impl_block_semantics::<My>().await;
 }
 
 #[transactional(data_source = "nowhere")]

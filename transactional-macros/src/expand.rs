@@ -6,6 +6,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::ReturnType;
 
+use crate::block;
 use crate::function::TxFn;
 use crate::options::{Errors, TxArgs};
 use crate::reading::{describe_errors, respan, surely_send, typed_predicate};
@@ -15,6 +16,21 @@ use crate::reading::{describe_errors, respan, surely_send, typed_predicate};
 /// On error the item is emitted unchanged next to the errors, so that code using the fn does
 /// not pile up follow-on errors ("cannot find function ...") on top of the real one.
 pub(crate) fn transactional(args: TokenStream, item: TokenStream) -> TokenStream {
+    if let Some(error) = block::skip_alone(&args) {
+        let error = error.to_compile_error();
+        return quote!(#item #error);
+    }
+    if block::is_impl(&item) {
+        let parsed = syn::parse2::<syn::ItemImpl>(item.clone())
+            .and_then(|impl_block| block::check_args(&args).map(|()| impl_block));
+        return match parsed {
+            Ok(impl_block) => block::transactional(args, impl_block),
+            Err(error) => {
+                let error = error.to_compile_error();
+                quote!(#item #error)
+            }
+        };
+    }
     let args = TxArgs::parse(args);
     let function = TxFn::parse(item.clone());
     match (args, function) {

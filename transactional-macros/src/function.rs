@@ -115,15 +115,6 @@ fn not_a_fn(item: TokenStream) -> syn::Error {
         syn::Item::Const(i) => ("a const", head(i.const_token, &i.ident)),
         syn::Item::Static(i) => ("a static", head(i.static_token, &i.ident)),
         syn::Item::Type(i) => ("a type alias", head(i.type_token, &i.ident)),
-        syn::Item::Impl(i) => {
-            let mut tokens = i.impl_token.to_token_stream();
-            i.self_ty.to_tokens(&mut tokens);
-            return syn::Error::new_spanned(
-                tokens,
-                "#[transactional] on an `impl` block is not supported: put it on each \
-                 `async fn` of the impl that should run in a transaction",
-            );
-        }
         _ => return syn::Error::new(Span::call_site(), generic),
     };
     syn::Error::new_spanned(

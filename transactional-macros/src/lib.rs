@@ -11,6 +11,7 @@
 
 use proc_macro::TokenStream;
 
+mod block;
 mod expand;
 mod function;
 mod keys;
@@ -163,8 +164,33 @@ mod values;
 /// return type.
 ///
 /// It is a compile error to put it on a fn that is not `async`, that returns anything other
-/// than a `Result`, on a trait's fn declaration without a body, or on any other item. Unknown
-/// options and values are compile errors that suggest the nearest valid spelling.
+/// than a `Result`, on a trait's fn declaration without a body, or on any other item but an
+/// `impl` block (below). Unknown options and values are compile errors that suggest the nearest
+/// valid spelling.
+///
+/// ## On an `impl` block
+///
+/// Spring's `@Transactional` on a class: on an `impl` block (inherent or of a trait, generic
+/// or not), the attribute applies to every `async fn` of the block, as if each carried it.
+/// A method's own `#[transactional(...)]` replaces the block's options entirely (Spring's rule:
+/// the most specific annotation wins, options are not merged); `#[transactional(skip)]` leaves
+/// a method as written. Fns that are not `async`, consts and types in the block are untouched.
+/// An `async fn` of the block that returns nothing is a compile error that suggests `skip`.
+///
+/// ```ignore
+/// #[transactional(timeout = "5s")]
+/// impl CheckoutService {
+///     pub async fn pay(&self, order: i64) -> Result<(), AppError> { /* a transaction */ }
+///
+///     #[transactional(propagation = "REQUIRES_NEW")]   // instead of the block's options
+///     pub async fn receipt(&self, order: i64) -> Result<(), AppError> { /* … */ }
+///
+///     #[transactional(skip)]                           // not transactional
+///     pub async fn quote(&self) -> Money { /* … */ }
+///
+///     pub fn fee(&self) -> Money { /* not async: untouched */ }
+/// }
+/// ```
 ///
 /// # Expansion
 ///

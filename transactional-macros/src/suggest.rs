@@ -35,6 +35,10 @@ fn key_alias(written: &str) -> Option<&'static str> {
         "timeoutsecs" | "timeoutseconds" | "timeoutms" | "timeoutmillis" => Some(
             "did you mean `timeout`? it takes seconds (`timeout = 5`) or a string like \"500ms\"",
         ),
+        "skip" | "exclude" | "ignore" => Some(
+            "`skip` stands alone: `#[transactional(skip)]` on a method leaves it out of its \
+             impl block's #[transactional]",
+        ),
         _ => None,
     }
 }

@@ -11,11 +11,6 @@ enum Mode {
 }
 
 #[transactional]
-impl OrderService {
-    async fn save(&self) {}
-}
-
-#[transactional]
 const LIMIT: u32 = 3;
 
 #[transactional]
