@@ -20,4 +20,5 @@ mod propagation;
 mod retry;
 mod rollback;
 mod rollback_after;
+mod strict;
 mod underneath;

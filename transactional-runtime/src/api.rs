@@ -312,6 +312,35 @@ async fn run_before_commit_now(unattached: Option<(Hook, Ending)>) -> Result<(),
     }
 }
 
+/// Runs `fut` with connections outside a transaction allowed to autocommit, also on data
+/// sources registered as strict ([`DataSourceSettings::strict`](crate::DataSourceSettings::strict)):
+/// the documented way to say that a call means to run without a transaction.
+///
+/// ```
+/// use transactional_runtime::{DataSourceSettings, Error};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// transactional_runtime::register_with("default", pool, DataSourceSettings::new().strict(true))?;
+///
+/// // Outside a scope, a strict data source refuses…
+/// let refused = transactional_runtime::connection::<sqlx::Sqlite>().await;
+/// assert!(matches!(refused, Err(Error::OutsideTransaction { .. })));
+///
+/// // …unless autocommit is what the caller means.
+/// transactional_runtime::autocommit(async {
+///     let mut conn = transactional_runtime::connection::<sqlx::Sqlite>().await?;
+///     sqlx::query("SELECT 1").execute(&mut *conn).await?;
+///     Ok::<_, Error>(())
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn autocommit<F: Future>(fut: F) -> F::Output {
+    Context::current().with_autocommit().scope(fut).await
+}
+
 /// The position of the latest commit this process made on the primary of `data_source`
 /// (`None` before the first, and for a data source without replicas): what to hand a client
 /// that must read its own writes in a later request.

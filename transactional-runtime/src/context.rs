@@ -67,6 +67,9 @@ struct Inner {
     /// Per data source name: the commit position its replicas must have replayed before a
     /// read-only transaction of this task may run on one (`replica::read_after`).
     read_after: Vec<(Arc<str>, i64)>,
+    /// Connections outside a transaction are meant to autocommit here, also on strict data
+    /// sources (`autocommit`).
+    autocommit: bool,
 }
 
 impl Context {
@@ -202,6 +205,26 @@ impl Context {
             .iter()
             .find(|(name, _)| &**name == data_source)
             .map(|(_, at)| *at)
+    }
+
+    /// This context, in which connections outside a transaction may autocommit on every data
+    /// source (see [`autocommit`](crate::autocommit)).
+    pub(crate) fn with_autocommit(&self) -> Context {
+        self.derive(|inner| inner.autocommit = true)
+    }
+
+    /// Whether a connection of `data_source` outside a transaction is meant to autocommit
+    /// here: a scope around declared that it runs without a transaction (`SUPPORTS`,
+    /// `NOT_SUPPORTED`, `NEVER`; hooks after the end), the code runs under `autocommit`, or
+    /// transactions are mocked out.
+    pub(crate) fn autocommit_meant(&self, data_source: &str) -> bool {
+        self.inner.autocommit
+            || matches!(self.mode(), Mode::Mocked(_))
+            || self
+                .inner
+                .bindings
+                .iter()
+                .any(|(name, frame)| &**name == data_source && frame.is_none())
     }
 
     pub(crate) fn with_mode(&self, mode: Mode) -> Context {

@@ -38,15 +38,31 @@ pub struct DataSourceSettings {
     /// read-write transaction cannot begin until the outer one ends, so it fails after
     /// `busy_timeout`. SQLite has one writer at a time either way.
     pub sqlite_begin_immediate: bool,
+    /// Strict mode: a connection asked for outside any transaction (`connection()` where no
+    /// scope began or joined one) is [`Error::OutsideTransaction`] instead of a pooled
+    /// connection in autocommit, so that a repository fn called without its
+    /// `#[transactional]` caller fails instead of committing statement by statement. Scopes
+    /// that declare they run without a transaction (`SUPPORTS`, `NOT_SUPPORTED`, `NEVER`),
+    /// hooks that run after the end, and code under [`autocommit`](crate::autocommit) still
+    /// get one. Off by default.
+    pub strict: bool,
 }
 
 impl DataSourceSettings {
-    /// The defaults: joining scopes are never refused.
+    /// The defaults: joining scopes are never refused; connections outside a transaction
+    /// autocommit.
     pub const fn new() -> Self {
         DataSourceSettings {
             validate_existing_transaction: false,
             sqlite_begin_immediate: false,
+            strict: false,
         }
+    }
+
+    /// Sets [`strict`](Self::strict).
+    pub const fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
     }
 
     /// Sets [`validate_existing_transaction`](Self::validate_existing_transaction).

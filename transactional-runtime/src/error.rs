@@ -57,6 +57,13 @@ pub enum Error {
         /// The scope's name.
         scope: Name,
     },
+    /// A connection was asked for outside any transaction on a data source registered as
+    /// strict ([`DataSourceSettings::strict`](crate::DataSourceSettings::strict)).
+    #[error("no transaction on data source `{data_source}`, which is strict: its connections are handed out only inside a transaction. Call this code from a #[transactional] scope (a repository fn whose caller forgot the attribute would commit each statement on its own), declare the scope `propagation = \"SUPPORTS\"` or `\"NOT_SUPPORTED\"` if it may run without one, or wrap the call in `transactional::autocommit(...)` where autocommit is meant")]
+    OutsideTransaction {
+        /// The data source.
+        data_source: String,
+    },
     /// `NEVER` found a transaction; the body did not run.
     #[error("existing transaction found for propagation NEVER on data source `{data_source}` (scope `{scope}`): call it outside any transaction, or use NOT_SUPPORTED to suspend it")]
     ExistingTransaction {

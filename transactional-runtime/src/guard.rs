@@ -116,6 +116,11 @@ pub(crate) async fn acquire<DB: Database>(data_source: &str) -> Result<Connectio
                 }
                 found => found?,
             };
+            if ds.settings.strict && !ctx.autocommit_meant(data_source) {
+                return Err(Error::OutsideTransaction {
+                    data_source: data_source.to_owned(),
+                });
+            }
             let pool = ds.pool::<DB>()?;
             let (conn, starved) = counted_wait(&ds.usage, pool.acquire()).await;
             Inner::Pooled(conn.map_err(|source| Error::Acquire {

@@ -68,7 +68,7 @@ pub mod testing;
 pub mod web;
 
 pub use api::{
-    after_commit, after_commit_detached, after_completion, after_rollback, before_commit,
+    after_commit, after_commit_detached, after_completion, after_rollback, autocommit, before_commit,
     commit_position, connection, data_source, is_active, is_rollback_only, pool_status, read_after,
     set_rollback_only, DataSourceRef,
 };
