@@ -143,6 +143,10 @@ fn database_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a dyn Dat
     if let Some(error) = error.downcast_ref::<Box<dyn DatabaseError>>() {
         return Some(&**error);
     }
+    #[cfg(feature = "sea-orm")]
+    if let Some(error) = crate::sea_orm::database_error(error) {
+        return Some(error);
+    }
     #[cfg(feature = "postgres")]
     if let Some(error) = error.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         return Some(error);

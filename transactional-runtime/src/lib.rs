@@ -63,14 +63,16 @@ mod retry;
 // Built on the API.
 #[cfg(feature = "outbox")]
 pub mod outbox;
+#[cfg(feature = "sea-orm")]
+pub mod sea_orm;
 pub mod testing;
 #[cfg(feature = "axum")]
 pub mod web;
 
 pub use api::{
-    after_commit, after_commit_detached, after_completion, after_rollback, autocommit, before_commit,
-    commit_position, connection, data_source, is_active, is_rollback_only, pool_status, read_after,
-    set_rollback_only, DataSourceRef,
+    after_commit, after_commit_detached, after_completion, after_rollback, autocommit,
+    before_commit, commit_position, connection, data_source, is_active, is_rollback_only,
+    pool_status, read_after, set_rollback_only, DataSourceRef,
 };
 pub use builder::{Retrying, Transactional};
 pub use context::{with_data_source, with_data_source_settings};
