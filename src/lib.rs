@@ -68,7 +68,10 @@
 //!   back after an integration test.
 //! - `outbox` (feature `outbox`, `nats` for NATS JetStream): events written in the scope's
 //!   transaction and delivered by a relay once it commits, none lost, none doubled.
+//! - `sea_orm` (feature `sea-orm`): SeaORM entities and queries on the current transaction.
+//! - `web` (feature `axum`): a transaction per HTTP request, with retry.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// Makes an async fn transactional; see the [crate docs](crate) and [`Transactional`].
 pub use transactional_macros::transactional;

@@ -11,10 +11,13 @@
 //! - [`testing`]: mock transactions out, record them, capture hooks, roll back after a test.
 //! - `outbox` (feature `outbox`): events stored in the scope's transaction, delivered to a
 //!   broker (NATS JetStream with the feature `nats`) once it commits.
+//! - `sea_orm` (feature `sea-orm`): SeaORM's `ConnectionTrait` on the current transaction.
+//! - `web` (feature `axum`): a transaction per HTTP request.
 //!
 //! The current transaction travels with the task (a tokio task-local): futures joined or
 //! selected inside a scope share it, while a `tokio::spawn`ed task starts with none.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // One `unsafe` block, in `context` (the thread-local pointer), allowed there and run under Miri.
 #![deny(unsafe_code)]
 
@@ -62,11 +65,14 @@ mod retry;
 
 // Built on the API.
 #[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
 pub mod outbox;
 #[cfg(feature = "sea-orm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]
 pub mod sea_orm;
 pub mod testing;
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod web;
 
 pub use api::{

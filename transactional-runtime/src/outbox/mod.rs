@@ -76,6 +76,7 @@ mod store;
 mod wake;
 
 #[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use jetstream::{JetStream, KEY_HEADER};
 pub use relay::{Relay, RelayHandle, RelayStats, Retention, Round};
 pub use sink::{Accepted, Message, Sink};
