@@ -143,9 +143,13 @@ fn database_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a dyn Dat
     if let Some(error) = error.downcast_ref::<Box<dyn DatabaseError>>() {
         return Some(&**error);
     }
+    // SeaORM's `DbErr` gives its `RuntimeErr` as its source, which holds sqlx's error without
+    // giving it as one.
     #[cfg(feature = "sea-orm")]
-    if let Some(error) = crate::sea_orm::database_error(error) {
-        return Some(error);
+    if let Some(::sea_orm::RuntimeErr::SqlxError(error)) =
+        error.downcast_ref::<::sea_orm::RuntimeErr>()
+    {
+        return error.as_database_error();
     }
     #[cfg(feature = "postgres")]
     if let Some(error) = error.downcast_ref::<sqlx::postgres::PgDatabaseError>() {

@@ -45,12 +45,10 @@
     allow(dead_code, unused_imports, unused_variables)
 )]
 
-use std::error::Error as StdError;
 use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 use sea_query_sqlx::SqlxValues;
-use sqlx::error::DatabaseError;
 use sqlx::AssertSqlSafe;
 
 use crate::context::Context;
@@ -199,15 +197,4 @@ fn exec_error(error: sqlx::Error) -> DbErr {
 
 fn query_error(error: sqlx::Error) -> DbErr {
     DbErr::Query(RuntimeErr::SqlxError(Arc::new(error)))
-}
-
-/// The database's error inside a SeaORM error met in a `source()` chain (`DbErr` gives its
-/// `RuntimeErr` as its source, which holds sqlx's error without giving it as one).
-pub(crate) fn database_error<'a>(
-    error: &'a (dyn StdError + 'static),
-) -> Option<&'a dyn DatabaseError> {
-    match error.downcast_ref::<RuntimeErr>()? {
-        RuntimeErr::SqlxError(error) => error.as_database_error(),
-        _ => None,
-    }
 }
