@@ -40,6 +40,9 @@ pub trait Replicated: TestDb {
     const SCRIPT: &'static str;
     /// 1 on the replica, 0 on the primary.
     const ON_REPLICA: &'static str;
+    /// How long the server's view of its sessions' transactions takes to be fresh: MariaDB
+    /// refreshes `INNODB_TRX` only once it has not been read for 100 ms.
+    const VIEW_REFRESH: Duration;
     /// Stops the replica applying what the primary sends.
     const PAUSE: &'static str;
     /// Lets it apply again.
@@ -82,6 +85,7 @@ impl Replicated for Pg {
     const SKIP: &'static [&'static str] = &["postgres", "replica"];
     const SCRIPT: &'static str = ".ci/pg-replica";
     const ON_REPLICA: &'static str = "SELECT pg_is_in_recovery()::int::int8";
+    const VIEW_REFRESH: Duration = Duration::ZERO;
     const PAUSE: &'static str = "SELECT pg_wal_replay_pause()";
     const RESUME: &'static str = "SELECT pg_wal_replay_resume()";
 
@@ -121,6 +125,7 @@ impl Replicated for My {
     const SKIP: &'static [&'static str] = &["mysql", "replica"];
     const SCRIPT: &'static str = ".ci/mariadb-replica";
     const ON_REPLICA: &'static str = "SELECT CAST(@@read_only AS SIGNED)";
+    const VIEW_REFRESH: Duration = Duration::from_millis(150);
     const PAUSE: &'static str = "STOP SLAVE SQL_THREAD";
     const RESUME: &'static str = "START SLAVE SQL_THREAD";
 

@@ -190,7 +190,9 @@ pub async fn dropped_at_every_poll<D: Replicated>() {
             completed = Some(k);
             break;
         }
-        for _ in 0..100 {
+        for _ in 0..20 {
+            // A fresh view of the server's transactions (see `Replicated::VIEW_REFRESH`).
+            tokio::time::sleep(D::VIEW_REFRESH).await;
             if in_transaction().await == 0 {
                 break;
             }
