@@ -9,6 +9,8 @@
 
 #[path = "proxy.rs"]
 mod proxy;
+#[path = "section.rs"]
+mod section;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -472,22 +474,6 @@ fn server<DB>(
 
 /// Replaces the bench's section at the end of the report (after [`MARKER`]).
 fn write_section(cost: &str, throughput: &str) {
-    let Ok(path) = std::env::var("BENCH_REPORT") else {
-        eprintln!("{cost}\n{throughput}");
-        return;
-    };
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let (head, tail) = match old.split_once(MARKER) {
-        // Another bench's section after this one stays.
-        Some((head, rest)) => (head, rest.find("<!-- ").map_or("", |at| &rest[at..])),
-        None => (old.as_str(), ""),
-    };
-    let head = head.trim_end();
-    let tail = if tail.is_empty() {
-        String::new()
-    } else {
-        format!("\n\n{tail}")
-    };
     let nats = std::process::Command::new("nats-server")
         .arg("--version")
         .output()
@@ -514,7 +500,7 @@ fn write_section(cost: &str, throughput: &str) {
          |---|---|---|---|\n{throughput}",
         BLOCK.as_millis()
     );
-    std::fs::write(&path, format!("{head}\n\n{}{tail}", section.trim_end())).unwrap();
+    section::write(MARKER, &section);
 }
 
 criterion_group! {

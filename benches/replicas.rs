@@ -17,6 +17,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use sqlx::{AssertSqlSafe, Database, Executor, Pool};
 use transactional::{ReplicaSettings, Transactional};
 
+#[path = "section.rs"]
+mod section;
+
 /// Where the bench's section of BENCHMARKS.md starts (the other reports keep it).
 const MARKER: &str = "<!-- replicas: benches/replicas.rs -->";
 const TABLE: &str = "bench_replicas";
@@ -387,26 +390,7 @@ fn benches(c: &mut Criterion) {
         change(&figures[0].1),
         change(&figures[1].1),
     );
-    match std::env::var("BENCH_REPORT") {
-        Ok(path) => {
-            let old = std::fs::read_to_string(&path).unwrap_or_default();
-            let (head, tail) = match old.split_once(MARKER) {
-                Some((head, rest)) => {
-                    // Keep what follows this section (another bench's).
-                    let after = rest.find("<!-- ").map_or("", |at| &rest[at..]);
-                    (head.trim_end().to_owned(), after.to_owned())
-                }
-                None => (old.trim_end().to_owned(), String::new()),
-            };
-            let tail = if tail.is_empty() {
-                String::new()
-            } else {
-                format!("\n\n{tail}")
-            };
-            std::fs::write(&path, format!("{head}\n\n{}{tail}", md.trim_end())).unwrap();
-        }
-        Err(_) => eprintln!("{md}"),
-    }
+    section::write(MARKER, &md);
 }
 
 criterion_group! {
