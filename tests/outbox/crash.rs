@@ -86,6 +86,13 @@ where
         0,
         "the restarted relay delivered everything"
     );
+    // A round adds its counts once it is over, just after its marks commit.
+    for _ in 0..200 {
+        if relay.stats().delivered >= expected.len() as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let duplicates = relay.stats().duplicates;
     relay.shutdown().await;
     let events = w.broker.events().await;
