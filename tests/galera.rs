@@ -93,23 +93,26 @@ impl Cluster {
     }
 
     /// The balances as node `node` sees them once it has applied everything the cluster
-    /// committed before the read (`wsrep_sync_wait`).
+    /// committed before the read.
     async fn balances(&self, node: usize) -> Vec<i64> {
-        let mut conn = self.pools[node].acquire().await.unwrap();
-        My::exec(&mut conn, "SET SESSION wsrep_sync_wait = 1".into())
-            .await
-            .unwrap();
-        let balances = My::column(
-            &mut conn,
-            format!("SELECT balance FROM {} ORDER BY id", self.table),
-        )
+        let sql = format!("SELECT balance FROM {} ORDER BY id", self.table);
+        synced_column(&self.pools[node], &sql).await
+    }
+}
+
+/// The first column of `select` on `pool`'s node once it has applied everything the cluster
+/// committed before it (`wsrep_sync_wait = 1`). Sent over the text protocol, in one round trip
+/// with the setting: a causal read is a plain `SELECT`, and a prepared statement's execution
+/// is not certain to wait.
+async fn synced_column(pool: &MySqlPool, select: &str) -> Vec<i64> {
+    use sqlx::Row;
+    let sql = format!("SET SESSION wsrep_sync_wait = 1; {select}; SET SESSION wsrep_sync_wait = 0");
+    let mut conn = pool.acquire().await.unwrap();
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
         .await
         .unwrap();
-        My::exec(&mut conn, "SET SESSION wsrep_sync_wait = 0".into())
-            .await
-            .unwrap();
-        balances
-    }
+    rows.iter().map(|row| row.get::<i64, _>(0)).collect()
 }
 
 impl Drop for Cluster {
@@ -280,16 +283,8 @@ async fn nested_rolls_back_to_its_savepoint_on_a_node() {
         })
         .await
         .unwrap();
-    let mut conn = cluster.pools[2].acquire().await.unwrap();
-    My::exec(&mut conn, "SET SESSION wsrep_sync_wait = 1".into())
-        .await
-        .unwrap();
-    let ids = My::column(
-        &mut conn,
-        format!("SELECT id FROM {table} WHERE id >= 100 ORDER BY id"),
-    )
-    .await
-    .unwrap();
+    let select = format!("SELECT id FROM {table} WHERE id >= 100 ORDER BY id");
+    let ids = synced_column(&cluster.pools[2], &select).await;
     assert_eq!(ids, [100], "node 3 sees the outer insert only");
 }
 
@@ -322,16 +317,8 @@ async fn a_deadline_stops_the_statement_on_its_node() {
         started.elapsed()
     );
     for node in [0, 2] {
-        let mut conn = cluster.pools[node].acquire().await.unwrap();
-        My::exec(&mut conn, "SET SESSION wsrep_sync_wait = 1".into())
-            .await
-            .unwrap();
-        let rows = My::scalar(
-            &mut conn,
-            format!("SELECT COUNT(*) FROM {table} WHERE id = 200"),
-        )
-        .await
-        .unwrap();
+        let select = format!("SELECT COUNT(*) FROM {table} WHERE id = 200");
+        let rows = synced_column(&cluster.pools[node], &select).await[0];
         assert_eq!(
             rows,
             0,
