@@ -50,7 +50,8 @@ const MARIADB_COMMITTED: &str =
 const MARIADB_DOMAIN: &str = "SELECT CAST(@@GLOBAL.gtid_domain_id AS SIGNED)";
 
 /// MySQL's `ER_UNKNOWN_SYSTEM_VARIABLE`: a MySQL (not MariaDB) server has no `@@last_gtid`.
-const MYSQL_UNKNOWN_VARIABLE: &str = "1193";
+#[cfg(feature = "mysql")]
+const MYSQL_UNKNOWN_VARIABLE: u16 = 1193;
 
 /// How a replicated data source reads positions (docs/SEMANTICS.md, "Replicas"): where its
 /// primary is, and how far a replica has replayed, both as numbers that grow with each commit.
@@ -148,9 +149,14 @@ impl Dialect {
     /// that the position cannot be read on this server (a MySQL primary): the statements
     /// before it, COMMIT included, ran.
     pub(crate) fn position_unreadable(self, error: &dyn sqlx::error::DatabaseError) -> bool {
-        self == Dialect::MySql
-            && error.code().as_deref() == Some(MYSQL_UNKNOWN_VARIABLE)
-            && error.message().contains("last_gtid")
+        // MySQL's error number, not `code()`: that is the SQLSTATE (`HY000`).
+        #[cfg(feature = "mysql")]
+        let unknown_variable = error
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| e.number() == MYSQL_UNKNOWN_VARIABLE);
+        #[cfg(not(feature = "mysql"))]
+        let unknown_variable = false;
+        self == Dialect::MySql && unknown_variable && error.message().contains("last_gtid")
     }
 
     /// Asks a primary the replication domain its positions are in: `None` where there is
